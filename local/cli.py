@@ -1,0 +1,139 @@
+"""`steadfast-local`: run the whole stack on this machine (`make run`)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shlex
+import sys
+from pathlib import Path
+
+import click
+
+from local import infra
+from local.launcher import (
+    ROLES,
+    Launcher,
+    LaunchError,
+    LaunchOptions,
+    LockedPrinter,
+    PrinterHandler,
+)
+
+
+def _parse_scale(values: tuple[str, ...]) -> dict[str, int]:
+    scale: dict[str, int] = {}
+    for value in values:
+        name, sep, count = value.partition("=")
+        if not sep or not count.isdigit():
+            raise click.BadParameter(f"{value!r}: expected NAME=COUNT, e.g. consumer=2")
+        scale[name.strip()] = int(count)
+    return scale
+
+
+def _parse_commands(values: tuple[str, ...]) -> dict[str, str]:
+    commands: dict[str, str] = {}
+    for value in values:
+        name, sep, command = value.partition("=")
+        if not sep or not command.strip():
+            raise click.BadParameter(f"{value!r}: expected NAME=SHELL-COMMAND")
+        commands[name.strip()] = command
+    return commands
+
+
+@click.group()
+def main() -> None:
+    """Run steadfast locally: PostgreSQL, a Kafka-protocol broker and every process."""
+
+
+@main.command()
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path(".steadfast"),
+    show_default=True,
+    help="Data of the embedded PostgreSQL and broker, logs, run/endpoints.json.",
+)
+@click.option(
+    "--broker",
+    type=click.Choice(infra.BROKERS),
+    default=lambda: os.environ.get("STEADFAST_BROKER", "noida"),
+    show_default="noida, or STEADFAST_BROKER",
+    help="Broker to start when STEADFAST_KAFKA_BOOTSTRAP_SERVERS is not set.",
+)
+@click.option(
+    "--scale",
+    multiple=True,
+    metavar="NAME=COUNT",
+    help="Instances of relay, consumer or scheduler (repeatable; 0 leaves one out).",
+)
+@click.option(
+    "--only",
+    metavar="NAMES",
+    help=f"Comma-separated processes to run, out of: {', '.join(ROLES)}.",
+)
+@click.option("--no-prometheus", is_flag=True, help="Do not start Prometheus even if installed.")
+@click.option(
+    "--command",
+    "commands",
+    multiple=True,
+    metavar="NAME=CMD",
+    help="Run CMD (a shell command) in place of a process, e.g. a stand-in while debugging.",
+)
+def run(
+    state_dir: Path,
+    broker: str,
+    scale: tuple[str, ...],
+    only: str | None,
+    no_prometheus: bool,
+    commands: tuple[str, ...],
+) -> None:
+    """Start the stack in the foreground; Ctrl-C stops it all."""
+    printer = LockedPrinter(sys.stdout)
+    handler = PrinterHandler(printer)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
+    for noisy in ("httpx", "httpcore", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        options = LaunchOptions(
+            state_dir=state_dir,
+            broker=broker,
+            scale=_parse_scale(scale),
+            only=frozenset(n.strip() for n in only.split(",") if n.strip()) if only else None,
+            prometheus=not no_prometheus,
+            commands=_parse_commands(commands),
+        )
+    except LaunchError as exc:
+        raise click.UsageError(str(exc)) from exc
+    sys.exit(Launcher(options, printer).run())
+
+
+@main.command("env")
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path(".steadfast"),
+    show_default=True,
+)
+def env(state_dir: Path) -> None:
+    """Print shell exports for a running stack: `eval "$(steadfast-local env)"`.
+
+    Sets API, WAREHOUSE, PROMETHEUS and TOKEN from run/endpoints.json, so the README's
+    curl commands work as written.
+    """
+    path = state_dir / "run" / "endpoints.json"
+    try:
+        endpoints = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise click.ClickException(f"{path} not found: is `make run` running?") from None
+    exports = {
+        "API": endpoints.get("reservation_api"),
+        "WAREHOUSE": endpoints.get("warehouse_mock"),
+        "PROMETHEUS": endpoints.get("prometheus"),
+        "TOKEN": endpoints.get("admin_token"),
+    }
+    for name, value in exports.items():
+        if value:
+            click.echo(f"export {name}={shlex.quote(str(value))}")

@@ -1,0 +1,642 @@
+"""The local launcher behind `make run`: infrastructure, then every process under honcho.
+
+Order of work: find or start PostgreSQL and a broker (`local.infra`), migrate the service
+database, create the topic, pick free loopback ports, write `<state>/run/endpoints.json`
+(mode 600), then run the processes with honcho's `Manager` and wait for them to answer.
+Ctrl-C or SIGTERM stops every child (honcho: SIGTERM, then SIGKILL after 5 s), then the
+broker and an embedded PostgreSQL. If a child dies on its own, honcho stops the rest and
+the launcher names the one that died and exits non-zero.
+
+endpoints.json is the contract with tests and tools: URLs, the admin token, infrastructure
+addresses, the launcher's pid and each child's pid by process name (`consumer-2`), and
+`"ready": true` once every HTTP endpoint answers. It is rewritten atomically (temp file
+created with mode 600, then renamed) and removed when the launcher exits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import secrets
+import shlex
+import shutil
+import signal
+import string
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from honcho.manager import Manager
+from honcho.printer import Message, Printer
+from sqlalchemy.engine import make_url
+
+from local import infra
+
+log = logging.getLogger(__name__)
+
+LOOPBACK = infra.LOOPBACK
+ROLES = ("api", "warehouse", "relay", "consumer", "scheduler")
+SCALABLE = frozenset({"relay", "consumer", "scheduler"})
+COMMANDS = {
+    "api": "steadfast-api",
+    "warehouse": "steadfast-warehouse",
+    "relay": "steadfast-relay",
+    "consumer": "steadfast-consumer",
+    "scheduler": "steadfast-scheduler",
+}
+# Prometheus job names follow each process's `service.name` in the logs.
+JOBS = {
+    "api": "reservation-api",
+    "warehouse": "warehouse-mock",
+    "relay": "outbox-relay",
+    "consumer": "reservation-consumer",
+    "scheduler": "retry-scheduler",
+}
+SERVICE_DATABASE = "steadfast"
+LOCAL_DIR = Path(__file__).parent
+PROMETHEUS_TEMPLATE = LOCAL_DIR / "prometheus.yml"
+ALERT_RULES = LOCAL_DIR / "alerts.yml"
+READY_POLL_SECONDS = 0.25
+BROKER_STOP_SECONDS = 3.0
+
+
+class LaunchError(RuntimeError):
+    """The stack could not be started (bad options, missing infrastructure)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class LaunchOptions:
+    state_dir: Path
+    broker: str = "noida"
+    scale: Mapping[str, int] = field(default_factory=dict)
+    only: frozenset[str] | None = None
+    prometheus: bool = True
+    commands: Mapping[str, str] = field(default_factory=dict)
+    """Replacement shell commands by role, for tests and debugging."""
+
+    def __post_init__(self) -> None:
+        if self.broker not in infra.BROKERS:
+            raise LaunchError(f"unknown broker {self.broker!r}; choose {', '.join(infra.BROKERS)}")
+        unknown = (set(self.scale) | set(self.only or ()) | set(self.commands)) - set(ROLES)
+        if unknown:
+            raise LaunchError(f"unknown process {sorted(unknown)}; choose from {', '.join(ROLES)}")
+        for role, count in self.scale.items():
+            if count < 0 or (count > 1 and role not in SCALABLE):
+                raise LaunchError(
+                    f"--scale {role}={count}: only {', '.join(sorted(SCALABLE))} run more than once"
+                )
+
+    def count(self, role: str) -> int:
+        if self.only is not None and role not in self.only:
+            return 0
+        return self.scale.get(role, 1)
+
+
+@dataclass(frozen=True)
+class Instance:
+    name: str
+    """`role-N`: the honcho process name, the pid key and STEADFAST_INSTANCE_ID."""
+    role: str
+    port: int
+    """The api/warehouse HTTP port, else the Prometheus metrics port."""
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"{self.base_url}/metrics"
+
+
+def plan(options: LaunchOptions) -> list[Instance]:
+    return [
+        Instance(f"{role}-{n}", role, infra.free_port())
+        for role in ROLES
+        for n in range(1, options.count(role) + 1)
+    ]
+
+
+def command_for(role: str, overrides: Mapping[str, str]) -> str:
+    """A shell command for honcho; `exec` makes the recorded pid the service's own.
+
+    A replacement command runs as given (it may be a compound shell command), so its pid is
+    the shell's; honcho signals the whole process group either way.
+    """
+    if role in overrides:
+        return overrides[role]
+    script = Path(sys.executable).parent / COMMANDS[role]
+    exe = str(script) if script.exists() else (shutil.which(COMMANDS[role]) or COMMANDS[role])
+    return f"exec {shlex.quote(exe)}"
+
+
+def process_env(
+    base: Mapping[str, str], shared: Mapping[str, str], inst: Instance, warehouse_url: str | None
+) -> dict[str, str]:
+    """Shared launcher values, the user's exported STEADFAST_* on top, then forced ports/ids."""
+    env = {"PYTHONUNBUFFERED": "1", "STEADFAST_LOG_LEVEL": "INFO"}
+    if warehouse_url and inst.role in {"consumer", "scheduler"}:
+        env["STEADFAST_WAREHOUSE__BASE_URL"] = warehouse_url
+    env.update(base)
+    env.update(shared)
+    env.pop("STEADFAST_METRICS_PORT", None)
+    env["STEADFAST_INSTANCE_ID"] = inst.name
+    env["STEADFAST_HOST"] = LOOPBACK
+    if inst.role == "api":
+        env["STEADFAST_PORT"] = str(inst.port)
+    elif inst.role == "warehouse":
+        env["STEADFAST_WAREHOUSE_PORT"] = str(inst.port)
+    else:
+        env["STEADFAST_METRICS_PORT"] = str(inst.port)
+    return env
+
+
+def render_prometheus(instances: list[Instance], scrape_interval: str = "5s") -> str:
+    def static_configs(role: str) -> str:
+        return json.dumps(
+            [
+                {"targets": [f"{LOOPBACK}:{i.port}"], "labels": {"instance_id": i.name}}
+                for i in instances
+                if i.role == role
+            ]
+        )
+
+    rules = [str(ALERT_RULES)] if ALERT_RULES.exists() else []
+    return string.Template(PROMETHEUS_TEMPLATE.read_text()).substitute(
+        scrape_interval=scrape_interval,
+        rule_files=json.dumps(rules),
+        **{f"{role}_static_configs": static_configs(role) for role in ROLES},
+    )
+
+
+class EndpointsFile:
+    """`<state>/run/endpoints.json`: written whole, atomically, never wider than mode 600."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.data: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def update(self, **values: Any) -> None:
+        with self._lock:
+            self.data.update(values)
+            self._write()
+
+    def set_in(self, key: str, name: str, value: Any) -> None:
+        with self._lock:
+            self.data.setdefault(key, {})[name] = value
+            self._write()
+
+    def _write(self) -> None:
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            json.dump(self.data, out, indent=2, sort_keys=True)
+            out.write("\n")
+        os.replace(tmp, self.path)
+
+    def remove(self) -> None:
+        with self._lock, contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+
+class LockedPrinter(Printer):  # type: ignore[misc]
+    """honcho's Printer, safe to share between the manager loop and launcher threads."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._lock = threading.Lock()
+
+    def write(self, message: Any) -> None:
+        with self._lock:
+            try:
+                super().write(message)
+            except OSError:
+                # The reader went away (`make run | head`, a closed terminal). Losing the
+                # output must not stop the manager loop, or the children would be orphaned.
+                self.output = open(os.devnull, "w")  # noqa: SIM115 - lives as long as we do
+
+
+class PrinterHandler(logging.Handler):
+    """Sends the launcher's own log records through honcho's printer, prefixed `launcher`."""
+
+    def __init__(self, printer: Printer, name: str = "launcher") -> None:
+        super().__init__()
+        self._printer = printer
+        self._name = name
+        printer.width = max(printer.width, len(name))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = self.format(record)
+            self._printer.write(Message("line", text + "\n", _now(), self._name, None))
+        except Exception:
+            self.handleError(record)
+
+
+def _now() -> Any:
+    import datetime as dt
+
+    return dt.datetime.now().astimezone()
+
+
+class _EventTap:
+    """honcho's event queue with a hook on every message the manager reads.
+
+    Children only `put`; pickling (spawn/forkserver start methods) hands them the bare queue.
+    """
+
+    def __init__(self, queue: Any, on_event: Callable[[Any], None]) -> None:
+        self._queue = queue
+        self._on_event = on_event
+
+    def get(self, *args: Any, **kwargs: Any) -> Any:
+        self._on_event(None)
+        message = self._queue.get(*args, **kwargs)
+        self._on_event(message)
+        return message
+
+    def put(self, *args: Any, **kwargs: Any) -> None:
+        self._queue.put(*args, **kwargs)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_identity, (self._queue,))
+
+
+def _identity(value: Any) -> Any:
+    return value
+
+
+class _Manager(Manager):  # type: ignore[misc]
+    """Records whether the stop was asked for (signal) or caused by a child's exit."""
+
+    events: Any
+
+    def __init__(self, printer: Printer, on_event: Callable[[Any], None]) -> None:
+        super().__init__(printer)
+        self.events = _EventTap(self.events, on_event)
+        self.first_exit: tuple[str, int] | None = None
+        self.stop_requested = False
+
+    def terminate(self) -> None:
+        if self.first_exit is None:
+            self.stop_requested = True
+        super().terminate()
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+class Launcher:
+    def __init__(self, options: LaunchOptions, printer: Printer | None = None) -> None:
+        self.options = options
+        self.printer = printer if printer is not None else LockedPrinter(sys.stdout)
+        self.state_dir = options.state_dir.resolve()
+        self.run_dir = self.state_dir / "run"
+        self.endpoints = EndpointsFile(self.run_dir / "endpoints.json")
+        # pid and kernel start time of every process this launcher owns, to clean up after a
+        # launcher that was killed with -9 without ever touching a recycled pid.
+        self.owned = EndpointsFile(self.run_dir / "owned.json")
+        self._done = threading.Event()
+        self._waiter: threading.Thread | None = None
+
+    def run(self) -> int:
+        """Start everything, block until it stops; 0 on a requested stop, 1 otherwise."""
+        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+        previous_hup = signal.signal(signal.SIGHUP, _raise_interrupt)
+        try:
+            with contextlib.ExitStack() as cleanup:
+                cleanup.callback(self.endpoints.remove)
+                return self._run(cleanup)
+        except KeyboardInterrupt:
+            log.info("interrupted during start-up; stopped")
+            return 0
+        except (LaunchError, infra.InfraError) as exc:
+            log.error("cannot start the stack: %s", exc)
+            return 2
+        finally:
+            self._done.set()
+            signal.signal(signal.SIGTERM, previous)
+            signal.signal(signal.SIGHUP, previous_hup)
+
+    def _run(self, cleanup: contextlib.ExitStack) -> int:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.run_dir.mkdir(mode=0o700, exist_ok=True)
+        self._reap_leftovers()
+        cleanup.callback(self.owned.remove)
+        self._own("launcher", os.getpid())
+        env = dict(os.environ)
+        database_url, pg = self._postgres(env.get("STEADFAST_DATABASE_URL"))
+        if pg is not None and pg.embedded:
+            cleanup.callback(self._stop_quietly, "embedded postgres", pg.stop)
+        bootstrap, broker = self._broker(env)
+        if broker is not None:
+            cleanup.callback(
+                self._stop_quietly, f"{broker.kind} broker", broker.stop, signal.SIGTERM, 3
+            )
+        self._prepare(database_url, bootstrap, env)
+
+        instances = plan(self.options)
+        if not instances:
+            raise LaunchError("nothing to run (check --only / --scale)")
+        token = env.get("STEADFAST_ADMIN_TOKEN") or secrets.token_urlsafe(32)
+        shared = {
+            "STEADFAST_DATABASE_URL": database_url,
+            "STEADFAST_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+            "STEADFAST_ADMIN_TOKEN": token,
+        }
+        by_role = {i.role: i for i in instances if i.role in {"api", "warehouse"}}
+        warehouse_url = by_role["warehouse"].base_url if "warehouse" in by_role else None
+        prometheus = self._prometheus_port()
+
+        self.endpoints.update(
+            launcher_pid=os.getpid(),
+            state_dir=str(self.state_dir),
+            ready=False,
+            reservation_api=by_role["api"].base_url if "api" in by_role else None,
+            warehouse_mock=warehouse_url,
+            admin_token=token,
+            database_url=database_url,
+            kafka_bootstrap_servers=bootstrap,
+            broker=broker.kind if broker else "external",
+            metrics={i.name: i.metrics_url for i in instances},
+            prometheus=f"http://{LOOPBACK}:{prometheus}" if prometheus else None,
+            processes=[i.name for i in instances] + (["prometheus"] if prometheus else []),
+            pids={},
+            exited={},
+            infra_pids={"broker": broker.process.pid} if broker and broker.process else {},
+        )
+
+        manager = _Manager(self.printer, self._on_event)
+        self.printer.width = max(self.printer.width, len("launcher"))
+        self._manager = manager
+        for inst in instances:
+            manager.add_process(
+                inst.name,
+                command_for(inst.role, self.options.commands),
+                env=process_env(env, shared, inst, warehouse_url),
+                cwd=str(self.state_dir),
+            )
+        if prometheus:
+            manager.add_process(
+                "prometheus",
+                self._prometheus_command(instances, prometheus),
+                env=env,
+                cwd=str(self.state_dir),
+            )
+        self._checks = self._ready_checks(instances, prometheus)
+        names = self.endpoints.data["processes"]
+        log.info("starting %d processes: %s", len(names), ", ".join(names))
+        # A closed terminal sends SIGHUP to the whole foreground group, honcho's per-child
+        # relay processes included; were they to die, its loop would wait forever. So they
+        # (forked inside loop()) inherit SIGHUP ignored, and the launcher handles it like
+        # SIGTERM from its first event read on (see _record).
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        try:
+            manager.loop()  # installs honcho's own SIGINT/SIGTERM handlers
+        except BaseException:
+            self._stop_children()
+            raise
+        self._done.set()
+        self.endpoints.update(ready=False)
+        if manager.stop_requested:
+            log.info("all processes stopped")
+            return 0
+        name, rc = manager.first_exit or ("?", manager.returncode)
+        log.error("process %s exited (rc=%s); honcho stopped the others", name, rc)
+        return 1
+
+    # -- infrastructure ---------------------------------------------------------------------
+
+    def _postgres(self, explicit: str | None) -> tuple[str, infra.Postgres | None]:
+        if explicit:
+            if not infra.postgres_reachable(explicit):
+                raise LaunchError(f"STEADFAST_DATABASE_URL is not reachable: {_safe(explicit)}")
+            log.info("postgres: using STEADFAST_DATABASE_URL %s", _safe(explicit))
+            return explicit, None
+        pg = infra.find_or_start_postgres(self.state_dir)
+        where = f"embedded, data in {pg.data_dir}" if pg.embedded else "found on 127.0.0.1:5432"
+        log.info("postgres: %s (%s)", _safe(pg.url), where)
+        return infra.ensure_database(pg.url, SERVICE_DATABASE), pg
+
+    def _broker(self, env: Mapping[str, str]) -> tuple[str, infra.Broker | None]:
+        explicit = env.get("STEADFAST_KAFKA_BOOTSTRAP_SERVERS")
+        if explicit:
+            log.info("broker: using STEADFAST_KAFKA_BOOTSTRAP_SERVERS %s", explicit)
+            return explicit, None
+        broker = infra.start_broker(self.options.broker, self.state_dir)
+        log.info("broker: %s on %s (log %s)", broker.kind, broker.bootstrap, broker.log_path)
+        if broker.process is not None:
+            self._own("broker", broker.process.pid)
+        return broker.bootstrap, broker
+
+    def _prepare(self, database_url: str, bootstrap: str, env: Mapping[str, str]) -> None:
+        import migrations
+        from services.reservation.settings import ORDER_EVENTS_TOPIC, KafkaConfig
+
+        # The processes read STEADFAST_KAFKA__TOPIC/__PARTITIONS too (tests give each stack
+        # its own topic on a shared broker), so create the topic they will use.
+        topic = env.get("STEADFAST_KAFKA__TOPIC") or ORDER_EVENTS_TOPIC
+        partitions = int(env.get("STEADFAST_KAFKA__PARTITIONS") or KafkaConfig().partitions)
+        started = time.monotonic()
+        migrations.upgrade(database_url)
+        infra.ensure_topics(bootstrap, {topic: partitions})
+        log.info(
+            "database migrated, topic %s (%d partitions) ready in %.1fs",
+            topic,
+            partitions,
+            time.monotonic() - started,
+        )
+
+    def _stop_quietly(self, what: str, stop: Callable[..., None], *args: Any) -> None:
+        try:
+            stop(*args)
+            log.info("%s stopped", what)
+        except Exception as exc:
+            log.warning("could not stop %s: %s", what, exc)
+
+    def _own(self, name: str, pid: int) -> None:
+        self.owned.update(**{name: [pid, _start_time(pid)]})
+
+    def _reap_leftovers(self) -> None:
+        """A launcher killed with -9 leaves its broker and children behind; stop them."""
+        try:
+            old: dict[str, list[Any]] = json.loads(self.owned.path.read_text())
+        except (OSError, ValueError):
+            old = {}
+        alive = {
+            name: int(pid)
+            for name, (pid, started) in old.items()
+            if started is not None and _start_time(int(pid)) == started
+        }
+        if "launcher" in alive:
+            raise LaunchError(
+                f"another launcher (pid {alive['launcher']}) is running on {self.state_dir}"
+            )
+        for name, pid in alive.items():
+            log.warning("stopping %s (pid %d) left over from an earlier run", name, pid)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGTERM)  # every one leads its own session
+            _wait_gone(pid, 5)
+        self.owned.remove()
+        self.endpoints.remove()
+
+    # -- prometheus ---------------------------------------------------------------------------
+
+    def _prometheus_port(self) -> int | None:
+        if not self.options.prometheus:
+            return None
+        if shutil.which("prometheus") is None:
+            log.info(
+                "prometheus not on PATH, not started "
+                "(apt-get install prometheus, or pass --no-prometheus to silence this)"
+            )
+            return None
+        return infra.free_port()
+
+    def _prometheus_command(self, instances: list[Instance], port: int) -> str:
+        config = self.run_dir / "prometheus.yml"
+        config.write_text(render_prometheus(instances))
+        storage = self.state_dir / "prometheus"
+        storage.mkdir(exist_ok=True)
+        args = [
+            shutil.which("prometheus") or "prometheus",
+            f"--config.file={config}",
+            f"--storage.tsdb.path={storage}",
+            f"--web.listen-address={LOOPBACK}:{port}",
+        ]
+        return "exec " + shlex.join(args)
+
+    # -- events and readiness ---------------------------------------------------------------
+
+    def _hangup(self, signum: int, frame: object) -> None:
+        log.info("SIGHUP received (terminal closed?); stopping")
+        self._manager.terminate()
+
+    def _stop_children(self) -> None:
+        """honcho's loop failed: stop its children ourselves (each leads its own session)."""
+        pids = dict(self.endpoints.data.get("pids", {}))
+        log.error("the process manager failed; stopping %s", ", ".join(pids) or "nothing")
+        for pid in pids.values():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGTERM)
+        for pid in pids.values():
+            _wait_gone(pid, 5)
+
+    def _on_event(self, message: Any) -> None:
+        try:
+            self._record(message)
+        except Exception:
+            # Bookkeeping (endpoints.json) must never break honcho's loop.
+            log.exception("could not record process event %r", message)
+
+    def _record(self, message: Any) -> None:
+        if message is None:
+            if self._waiter is None:  # first read: honcho has forked every child by now
+                signal.signal(signal.SIGHUP, self._hangup)
+                self._waiter = threading.Thread(
+                    target=self._wait_ready, name="ready-waiter", daemon=True
+                )
+                self._waiter.start()
+            return
+        if message.type == "start":
+            self._own(message.name, message.data["pid"])
+            self.endpoints.set_in("pids", message.name, message.data["pid"])
+        elif message.type == "stop":
+            rc = message.data["returncode"]
+            self.endpoints.set_in("exited", message.name, rc)
+            manager = self._manager
+            if manager.first_exit is None and not manager.stop_requested:
+                manager.first_exit = (message.name, rc)
+                log.error("process %s died (rc=%s); stopping the others", message.name, rc)
+
+    def _ready_checks(self, instances: list[Instance], prometheus: int | None) -> dict[str, str]:
+        checks: dict[str, str] = {}
+        for inst in instances:
+            if inst.role == "api":
+                checks[inst.name] = f"{inst.base_url}/ready"
+            elif inst.role == "warehouse":
+                checks[inst.name] = f"{inst.base_url}/health"
+            else:
+                checks[inst.name] = inst.metrics_url
+        if prometheus:
+            checks["prometheus"] = f"http://{LOOPBACK}:{prometheus}/-/ready"
+        return checks
+
+    def _wait_ready(self) -> None:
+        pending = dict(self._checks)
+        started = last_note = time.monotonic()
+        with httpx.Client(timeout=1.0, trust_env=False) as client:
+            while pending and not self._done.is_set():
+                for name, url in list(pending.items()):
+                    with contextlib.suppress(httpx.HTTPError):
+                        if client.get(url).status_code == 200:
+                            del pending[name]
+                if pending and time.monotonic() - last_note > 15:
+                    last_note = time.monotonic()
+                    log.info("still waiting for: %s", ", ".join(sorted(pending)))
+                self._done.wait(READY_POLL_SECONDS)
+        if pending or self._done.is_set():
+            return
+        self.endpoints.update(ready=True)
+        log.info("stack ready in %.1fs\n%s", time.monotonic() - started, self._summary())
+
+    def _summary(self) -> str:
+        data = self.endpoints.data
+        rows = []
+        if data["reservation_api"]:
+            api = data["reservation_api"]
+            rows.append(("reservation API", f"{api}   (docs {api}/docs)"))
+        if data["warehouse_mock"]:
+            rows.append(("warehouse mock", data["warehouse_mock"]))
+        if data["prometheus"]:
+            rows.append(("prometheus", data["prometheus"]))
+        rows += [(f"metrics {name}", url) for name, url in data["metrics"].items()]
+        rows += [
+            ("database", _safe(data["database_url"])),
+            ("kafka", f"{data['kafka_bootstrap_servers']} ({data['broker']})"),
+            ("admin token", f"in {self.endpoints.path} (mode 600)"),
+        ]
+        width = max(len(label) for label, _ in rows)
+        return "\n".join(f"  {label.ljust(width)}  {value}" for label, value in rows)
+
+
+def _safe(url: str) -> str:
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "<unparseable url>"
+
+
+def _start_time(pid: int) -> int | None:
+    """The kernel's start time of `pid` (clock ticks since boot): a pid plus this is unique."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # Fields after the command name (field 2, which may contain spaces): state, ..., and
+    # starttime (field 22). A zombie has exited already; it only waits for its parent.
+    fields = stat.rsplit(")", 1)[1].split()
+    return None if fields[0] == "Z" else int(fields[19])
+
+
+def _wait_gone(pid: int, timeout: float) -> None:
+    started = _start_time(pid)
+    if started is None:
+        return
+    deadline = time.monotonic() + timeout
+    while _start_time(pid) == started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if _start_time(pid) == started:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)

@@ -1,0 +1,287 @@
+"""Composition roots: each process's objects are built here, once, and wired together.
+
+No DI container: constructors and closures. The retry engine (`retry/`) and the outbox
+(`outbox/`) get what they need as arguments; this module is where the reservation
+domain meets them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import faust
+import uvicorn
+from prometheus_client import CollectorRegistry, start_http_server
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from retry.breaker import BreakerConfig as EngineBreakerConfig
+from retry.breaker import CircuitBreaker
+from retry.classify import Classifier
+from retry.clock import SystemClock
+from retry.model import Message
+from retry.policy import PolicyTable
+from retry.processor import Processor, ProcessResult
+from retry.store import RetryStore
+from services.reservation.alerting import build_alerts
+from services.reservation.api import create_api
+from services.reservation.consumer import build_app, register_agent
+from services.reservation.handler import ReservationHandler, order_of_cancelled_message
+from services.reservation.lag import LagMonitor
+from services.reservation.metrics import ConsumerMetrics, OrderOutcomeMetrics, WarehouseMetrics
+from services.reservation.settings import (
+    ApiSettings,
+    BreakerConfig,
+    ConsumerSettings,
+    RetryConfig,
+    SchedulerSettings,
+    WarehouseClientConfig,
+)
+from services.reservation.warehouse import WarehouseClient
+
+log = logging.getLogger(__name__)
+
+
+def async_engine(database_url: str, pool_size: int) -> AsyncEngine:
+    url = make_url(database_url).set(drivername="postgresql+psycopg")
+    return create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+
+
+def serve_metrics(registry: CollectorRegistry, host: str, port: int | None, process: str) -> None:
+    if port is None:
+        return
+    server, _ = start_http_server(port, addr=host, registry=registry)
+    log.info(
+        "metrics endpoint up",
+        extra={
+            "event.action": "metrics_serving",
+            "url.full": f"http://{host}:{server.server_port}/metrics",
+            "labels.process": process,
+        },
+    )
+
+
+def breaker(
+    engine: AsyncEngine, config: BreakerConfig, registry: CollectorRegistry, instance: str
+) -> CircuitBreaker:
+    return CircuitBreaker(
+        engine,
+        EngineBreakerConfig(
+            window_seconds=config.window_seconds,
+            min_calls=config.min_calls,
+            failure_rate_threshold=config.failure_rate_threshold,
+            open_seconds=config.open_seconds,
+            half_open_permits=config.half_open_permits,
+            sync_interval_seconds=config.sync_interval_seconds,
+        ),
+        name=config.name,
+        clock=SystemClock(),
+        registry=registry,
+        instance_id=instance,
+    )
+
+
+def policies(config: RetryConfig) -> PolicyTable:
+    if config.policy == "logarithmic":
+        default: dict[str, Any] = {"base_delay": config.base_delay_seconds}
+    elif config.policy == "exponential":
+        default = {"base_delay": config.base_delay_seconds}
+    else:
+        default = {"delay": config.base_delay_seconds}
+    if config.policy != "fixed":
+        default["max_delay"] = config.max_delay_seconds
+    default.update(kind=config.policy, jitter=config.jitter, max_attempts=config.max_attempts)
+    return PolicyTable.from_config(default, config.by_error_class)
+
+
+def classifier(config: RetryConfig) -> Classifier:
+    return Classifier.from_mapping(
+        config.classification, unexpected_max_attempts=config.unexpected_max_attempts
+    )
+
+
+@dataclass
+class Processing:
+    """What the consumer and the scheduler share: the handler wired into the engine."""
+
+    processor: Processor
+    breaker: CircuitBreaker
+    store: RetryStore
+
+    async def process(self, message: Message) -> bool:
+        result = await self.processor.process(message)
+        return result is not ProcessResult.BLOCKED
+
+    async def breaker_state(self) -> str:
+        return await self.breaker.state()
+
+
+@dataclass(frozen=True)
+class ProcessingMetrics:
+    outcomes: OrderOutcomeMetrics
+    warehouse: WarehouseMetrics
+
+    @classmethod
+    def on(cls, registry: CollectorRegistry) -> ProcessingMetrics:
+        return cls(OrderOutcomeMetrics(registry), WarehouseMetrics(registry))
+
+
+@asynccontextmanager
+async def processing(
+    *,
+    database_url: str,
+    pool_size: int,
+    warehouse: WarehouseClientConfig,
+    breaker_config: BreakerConfig,
+    retry_config: RetryConfig,
+    registry: CollectorRegistry,
+    metrics: ProcessingMetrics,
+    instance: str,
+) -> AsyncIterator[Processing]:
+    engine = async_engine(database_url, pool_size)
+    client = WarehouseClient.create(warehouse, metrics.warehouse)
+    shared_breaker = breaker(engine, breaker_config, registry, instance)
+    store = RetryStore(engine)
+    processor = Processor(
+        engine,
+        store,
+        ReservationHandler(client, metrics.outcomes),
+        classifier(retry_config),
+        policies(retry_config),
+        shared_breaker,
+        clock=SystemClock(),
+        rng=random.Random(),
+        registry=registry,
+    )
+    try:
+        async with shared_breaker:
+            yield Processing(processor, shared_breaker, store)
+    finally:
+        await client.aclose()
+        await engine.dispose()
+
+
+def run_api(settings: ApiSettings) -> None:
+    from retry.admin import make_admin_router
+
+    registry = CollectorRegistry()
+    engine = async_engine(settings.database_url.get_secret_value(), settings.db_pool_size)
+    assert settings.admin_token is not None  # guaranteed by AdminAuth
+    admin = make_admin_router(
+        RetryStore(engine),
+        token=settings.admin_token.get_secret_value(),
+        breaker=breaker(engine, settings.breaker, registry, "api"),
+        on_cancel=order_of_cancelled_message(engine),
+    )
+    app = create_api(
+        engine=engine,
+        registry=registry,
+        topic=settings.kafka.topic,
+        max_body_bytes=settings.max_body_bytes,
+        admin_router=admin,
+    )
+    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, access_log=False)
+
+
+def run_consumer(settings: ConsumerSettings) -> None:
+    registry = CollectorRegistry()
+    serve_metrics(registry, settings.host, settings.metrics_port, "consumer")
+    metrics = ProcessingMetrics.on(registry)
+    consumer_metrics = ConsumerMetrics(registry)
+    app = build_app(settings)
+    instance = settings.instance_id or "consumer"
+
+    def runtime() -> object:
+        return processing(
+            database_url=settings.database_url.get_secret_value(),
+            pool_size=settings.db_pool_size,
+            warehouse=settings.warehouse,
+            breaker_config=settings.breaker,
+            retry_config=settings.retry,
+            registry=registry,
+            metrics=metrics,
+            instance=instance,
+        )
+
+    register_agent(app, settings, runtime, consumer_metrics)  # type: ignore[arg-type]
+    lag = LagMonitor(
+        settings.kafka_bootstrap_servers,
+        settings.kafka.consumer_group,
+        settings.kafka.topic,
+        consumer_metrics,
+    )
+    lag.start()
+    worker = faust.Worker(app, loglevel=settings.log_level, override_logging=False)
+    try:
+        worker.execute_from_commandline()
+    finally:
+        lag.stop()
+
+
+def run_scheduler(settings: SchedulerSettings) -> None:
+    from retry.ratelimit import TokenBucket
+    from retry.scheduler import Redriver, build_scheduler
+
+    registry = CollectorRegistry()
+    serve_metrics(registry, settings.host, settings.metrics_port, "scheduler")
+    metrics = ProcessingMetrics.on(registry)
+    instance = settings.instance_id or "scheduler"
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        async with processing(
+            database_url=settings.database_url.get_secret_value(),
+            pool_size=settings.db_pool_size,
+            warehouse=settings.warehouse,
+            breaker_config=settings.breaker,
+            retry_config=settings.retry,
+            registry=registry,
+            metrics=metrics,
+            instance=instance,
+        ) as shared:
+            redriver = Redriver(
+                shared.store,
+                shared.processor,
+                TokenBucket(
+                    settings.redrive_rate_per_second,
+                    settings.redrive_burst,
+                    SystemClock(),
+                    registry=registry,
+                ),
+                batch_size=settings.batch_size,
+                lease_seconds=settings.lease_seconds,
+                owner=instance,
+                registry=registry,
+            )
+            alerts = build_alerts(
+                store=shared.store,
+                breaker=shared.breaker,
+                clock=SystemClock(),
+                registry=registry,
+                webhook_url=settings.alert_webhook_url,
+                min_calls=settings.breaker.min_calls,
+            )
+            scheduler = build_scheduler(
+                redriver,
+                interval_seconds=settings.interval_seconds,
+                cron=settings.cron,
+                alerts=alerts.evaluate,
+                alerts_interval_seconds=settings.alerts_interval_seconds,
+            )
+            scheduler.start()
+            log.info("scheduler started", extra={"event.action": "scheduler_started"})
+            await stop.wait()
+            scheduler.shutdown(wait=False)
+            log.info("scheduler stopped", extra={"event.action": "scheduler_stopped"})
+
+    asyncio.run(main())

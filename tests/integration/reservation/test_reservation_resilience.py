@@ -1,0 +1,309 @@
+"""The resilience engine end to end, with real processes and a faulty warehouse mock:
+retries to success, breaker pause and recovery, terminal and poison handling, a killed
+scheduler, bulk reprocessing, and per-key order under retry."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import httpx
+import pytest
+from confluent_kafka import Producer
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from local.infra import free_port
+from tests.integration.reservation.conftest import Pipeline, statuses
+from tests.processes import admin_headers, wait_until
+
+pytestmark = [pytest.mark.postgres, pytest.mark.kafka, pytest.mark.slow]
+
+BODY: dict[str, Any] = {"customer_id": "c-1", "items": [{"sku": "SKU-1", "quantity": 1}]}
+# Fast, deterministic-enough knobs for tests: short windows and delays, many attempts.
+FAST = {
+    "STEADFAST_BREAKER__WINDOW_SECONDS": "5",
+    "STEADFAST_BREAKER__MIN_CALLS": "10",
+    "STEADFAST_BREAKER__OPEN_SECONDS": "2",
+    "STEADFAST_BREAKER__SYNC_INTERVAL_SECONDS": "0.1",
+    "STEADFAST_RETRY__BASE_DELAY_SECONDS": "0.2",
+    "STEADFAST_RETRY__MAX_DELAY_SECONDS": "1",
+    "STEADFAST_RETRY__MAX_ATTEMPTS": "25",
+    "STEADFAST_INTERVAL_SECONDS": "0.2",
+    "STEADFAST_REDRIVE_RATE_PER_SECOND": "200",
+    "STEADFAST_REDRIVE_BURST": "50",
+    "STEADFAST_WAREHOUSE__READ_TIMEOUT_SECONDS": "1",
+}
+
+
+def _start(pipe: Pipeline, *, scheduler: bool = True, **overrides: str) -> dict[str, str]:
+    env = {**FAST, **overrides}
+    ports = {name: str(free_port()) for name in ("relay", "consumer", "scheduler")}
+    pipe.start("relay", "steadfast-relay", **env, STEADFAST_METRICS_PORT=ports["relay"])
+    pipe.start("consumer", "steadfast-consumer", **env, STEADFAST_METRICS_PORT=ports["consumer"])
+    if scheduler:
+        pipe.start(
+            "scheduler", "steadfast-scheduler", **env, STEADFAST_METRICS_PORT=ports["scheduler"]
+        )
+    return ports
+
+
+def _metric(port: str, name: str) -> float:
+    body = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+    for family in text_string_to_metric_families(body):
+        for sample in family.samples:
+            if sample.name == name:
+                return float(sample.value)
+    raise AssertionError(f"{name} not exported on :{port}")
+
+
+async def _place(api: httpx.AsyncClient, n: int, body: dict[str, Any] = BODY) -> list[str]:
+    async def one() -> str:
+        response = await api.post("/orders", json=body)
+        assert response.status_code == 202, response.text
+        return str(response.json()["id"])
+
+    return list(await asyncio.gather(*(one() for _ in range(n))))
+
+
+async def _wait_statuses(
+    engine: AsyncEngine, expected: dict[str, int], within: float, pipe: Pipeline
+) -> float:
+    started = time.monotonic()
+    seen: dict[str, int] = {}
+    while time.monotonic() - started < within:
+        seen = await statuses(engine)
+        if seen == expected:
+            return time.monotonic() - started
+        for proc in pipe.procs.values():
+            assert proc.alive(), f"{proc.name} died:\n{proc.tail()}"
+        await asyncio.sleep(0.25)
+    tails = "\n".join(f"--- {p.name}\n{p.tail(12)}" for p in pipe.procs.values())
+    raise AssertionError(f"statuses {seen}, expected {expected}\n{tails}")
+
+
+async def _retry_states(engine: AsyncEngine) -> dict[str, int]:
+    async with engine.connect() as conn:
+        rows = await conn.execute(text("SELECT state, count(*) FROM retry_messages GROUP BY state"))
+        return {state: int(n) for state, n in rows.tuples()}
+
+
+async def test_half_the_calls_failing_still_reserves_every_order_once(
+    pipeline: Pipeline, api: httpx.AsyncClient, api_engine: AsyncEngine
+) -> None:
+    pipeline.set_faults({"failure_rate": 0.5, "status_codes": [500, 502, 503, 429]})
+    # This test is about retries, not the breaker: keep it closed at 50% failures.
+    _start(pipeline, STEADFAST_BREAKER__FAILURE_RATE_THRESHOLD="0.95")
+    await _place(api, 500)
+    await _wait_statuses(api_engine, {"RESERVED": 500}, 180, pipeline)
+    stats = pipeline.warehouse_stats()
+    assert stats["reservations"] == 500
+    assert stats["duplicate_reservations"] == 0
+    assert stats["faults"]["failure"] > 100  # the faults really happened
+    states = await _retry_states(api_engine)
+    assert set(states) <= {"SUCCEEDED"} and states["SUCCEEDED"] > 100
+    async with api_engine.connect() as conn:
+        retried = (
+            await conn.execute(
+                text("SELECT count(*) FROM order_status_history WHERE status = 'RETRY_PENDING'")
+            )
+        ).scalar_one()
+    assert retried >= states["SUCCEEDED"]
+
+
+async def test_an_outage_opens_the_breaker_pauses_and_recovers_by_itself(
+    pipeline: Pipeline, api: httpx.AsyncClient, api_engine: AsyncEngine
+) -> None:
+    ports = _start(pipeline)
+    await _place(api, 20)
+    await _wait_statuses(api_engine, {"RESERVED": 20}, 60, pipeline)
+    pipeline.set_faults({"outage": True})
+    outage_started = time.monotonic()
+    await _place(api, 300)
+    wait_until(
+        lambda: _metric(ports["consumer"], "steadfast_consumer_paused") == 1,
+        30,
+        "the consumer to pause",
+    )
+    breaker = (await api.get("/admin/breaker", headers=admin_headers())).json()
+    assert breaker["state"] in ("OPEN", "HALF_OPEN")
+    # Kafka holds the backlog, not the retry table.
+    most_parked = 0
+    while time.monotonic() - outage_started < 30:
+        most_parked = max(most_parked, sum((await _retry_states(api_engine)).values()))
+        assert most_parked < 50
+        await asyncio.sleep(1)
+    pipeline.set_faults({"outage": False})
+    drained = await _wait_statuses(api_engine, {"RESERVED": 320}, 120, pipeline)
+    assert _metric(ports["consumer"], "steadfast_consumer_paused") == 0
+    stats = pipeline.warehouse_stats()
+    assert stats["reservations"] == 320
+    assert stats["duplicate_reservations"] == 0
+    transitions = [
+        r
+        for r in pipeline.procs["consumer"].logs()
+        if r.get("event.action") == "breaker_transition"
+    ]
+    assert transitions, "the consumer logged no breaker transition"
+    print(  # noqa: T201
+        f"\noutage: at most {most_parked} rows parked of 300 orders; backlog drained "
+        f"{drained:.1f}s after the outage ended; 0 duplicate reservations"
+    )
+
+
+async def test_terminal_answers_are_final_without_retry(
+    pipeline: Pipeline, api: httpx.AsyncClient, api_engine: AsyncEngine
+) -> None:
+    _start(pipeline)
+    await _place(api, 5, {"customer_id": "c", "items": [{"sku": "OOS-1", "quantity": 1}]})
+    await _wait_statuses(api_engine, {"REJECTED": 5}, 60, pipeline)
+    pipeline.set_faults({"terminal_rate": 1.0})
+    await _place(api, 5)
+    await _wait_statuses(api_engine, {"REJECTED": 10}, 60, pipeline)
+    stats = pipeline.warehouse_stats()
+    assert stats["calls"]["by_route"]["POST /reservations"] == {"409": 5, "422": 5}
+    states = await _retry_states(api_engine)
+    assert states == {"DEAD": 10}
+    async with api_engine.connect() as conn:
+        attempts = (await conn.execute(text("SELECT max(attempts) FROM retry_messages"))).scalar()
+    assert attempts == 1
+
+
+async def test_poison_is_parked_dead_with_its_bytes_and_the_consumer_goes_on(
+    pipeline: Pipeline, api: httpx.AsyncClient, api_engine: AsyncEngine
+) -> None:
+    _start(pipeline)
+    garbage = b"\x00\xffnot an event\x81"
+    producer = Producer({"bootstrap.servers": pipeline.bootstrap})
+    producer.produce(pipeline.topic, key=b"poison-key", value=garbage)
+    producer.produce(pipeline.topic, key=b"big", value=b"{" + b" " * 900_000)
+    assert producer.flush(10) == 0
+    await _place(api, 3)
+    await _wait_statuses(api_engine, {"RESERVED": 3}, 60, pipeline)
+    deadline = time.monotonic() + 30
+    rows: list[Any] = []
+    while time.monotonic() < deadline and len(rows) < 2:
+        async with api_engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    text("SELECT key, payload, state, error_class, last_error FROM retry_messages")
+                )
+            ).all()
+        await asyncio.sleep(0.2)
+    by_key = {row.key: row for row in rows}
+    assert by_key["poison-key"].payload == garbage
+    assert by_key["poison-key"].state == "DEAD"
+    assert by_key["poison-key"].error_class == "decode"
+    assert by_key["big"].state == "DEAD"
+    assert len(by_key["big"].payload) == 900_001
+    assert pipeline.procs["consumer"].alive()
+
+
+async def _park_everything(
+    pipeline: Pipeline, api: httpx.AsyncClient, engine: AsyncEngine, n: int
+) -> None:
+    """Orders whose first attempt failed, parked PENDING for the scheduler."""
+    await _place(api, n)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if (await statuses(engine)).get("RETRY_PENDING") == n:
+            return
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"not all parked: {await statuses(engine)}")
+
+
+async def test_a_scheduler_killed_mid_batch_loses_nothing(
+    pipeline: Pipeline, api: httpx.AsyncClient, api_engine: AsyncEngine
+) -> None:
+    pipeline.set_faults({"failure_rate": 1.0, "status_codes": [503]})
+    slow = {
+        "STEADFAST_BREAKER__FAILURE_RATE_THRESHOLD": "1",
+        "STEADFAST_BREAKER__MIN_CALLS": "100000",
+        "STEADFAST_REDRIVE_RATE_PER_SECOND": "20",
+        "STEADFAST_REDRIVE_BURST": "1",
+        "STEADFAST_LEASE_SECONDS": "3",
+        "STEADFAST_RETRY__BASE_DELAY_SECONDS": "0.5",
+    }
+    _start(pipeline, scheduler=False, **slow)
+    await _park_everything(pipeline, api, api_engine, 80)
+    pipeline.set_faults({"failure_rate": 0.0})
+    first = pipeline.start("scheduler", "steadfast-scheduler", **{**FAST, **slow})
+    wait_until(
+        lambda: pipeline.warehouse_stats()["reservations"] >= 10, 30, "re-drives to start", first
+    )
+    first.kill()
+    del pipeline.procs["scheduler"]  # killed on purpose: not a crash to report
+    async with api_engine.connect() as conn:
+        leased = (
+            await conn.execute(
+                text("SELECT count(*) FROM retry_messages WHERE state = 'IN_PROGRESS'")
+            )
+        ).scalar_one()
+    assert leased > 0, "the kill did not land mid-batch"
+    pipeline.start("scheduler-2", "steadfast-scheduler", **{**FAST, **slow})
+    await _wait_statuses(api_engine, {"RESERVED": 80}, 90, pipeline)
+    stats = pipeline.warehouse_stats()
+    assert stats["reservations"] == 80
+    assert stats["duplicate_reservations"] == 0
+    assert await _retry_states(api_engine) == {"SUCCEEDED": 80}
+
+
+async def test_bulk_reprocess_brings_dead_orders_back(
+    pipeline: Pipeline, api: httpx.AsyncClient, api_engine: AsyncEngine
+) -> None:
+    pipeline.set_faults({"failure_rate": 1.0, "status_codes": [500]})
+    _start(
+        pipeline,
+        STEADFAST_RETRY__MAX_ATTEMPTS="2",
+        STEADFAST_BREAKER__FAILURE_RATE_THRESHOLD="1",
+        STEADFAST_BREAKER__MIN_CALLS="100000",
+    )
+    await _place(api, 12)
+    await _wait_statuses(api_engine, {"DEAD": 12}, 60, pipeline)
+    dry = await api.post(
+        "/admin/retries/reprocess",
+        json={"state": ["DEAD"], "dry_run": True, "limit": 100},
+        headers=admin_headers(),
+    )
+    assert dry.status_code == 200, dry.text
+    assert dry.json()["matched"] == 12
+    assert await _retry_states(api_engine) == {"DEAD": 12}
+    pipeline.set_faults({"failure_rate": 0.0})
+    done = await api.post(
+        "/admin/retries/reprocess",
+        json={"state": ["DEAD"], "dry_run": False, "limit": 100},
+        headers=admin_headers(),
+    )
+    assert done.json()["requeued"] == 12
+    await _wait_statuses(api_engine, {"RESERVED": 12}, 60, pipeline)
+    assert pipeline.warehouse_stats()["reservations"] == 12
+
+
+async def test_a_later_event_for_a_parked_key_waits_its_turn(
+    pipeline: Pipeline, api: httpx.AsyncClient, api_engine: AsyncEngine
+) -> None:
+    pipeline.set_faults({"failure_rate": 1.0, "status_codes": [503]})
+    no_breaker = {
+        "STEADFAST_BREAKER__FAILURE_RATE_THRESHOLD": "1",
+        "STEADFAST_BREAKER__MIN_CALLS": "100000",
+    }
+    _start(pipeline, scheduler=False, **no_breaker)
+    [order_id] = await _place(api, 1)
+    await _wait_statuses(api_engine, {"RETRY_PENDING": 1}, 60, pipeline)
+    assert (await api.post(f"/orders/{order_id}/cancel")).status_code == 202
+    deadline = time.monotonic() + 30
+    while await _retry_states(api_engine) != {"PENDING": 2}:
+        assert time.monotonic() < deadline, "the cancel was not parked behind the order"
+        await asyncio.sleep(0.2)
+    # The cancel was not applied ahead of the placement: nothing was released.
+    assert pipeline.warehouse_stats()["releases"] == 0
+    pipeline.set_faults({"failure_rate": 0.0})
+    pipeline.start("scheduler", "steadfast-scheduler", **{**FAST, **no_breaker})
+    await _wait_statuses(api_engine, {"CANCELLED": 1}, 60, pipeline)
+    journey = [s["status"] for s in (await api.get(f"/orders/{order_id}")).json()["journey"]]
+    assert journey.index("RESERVED") < journey.index("CANCELLED")
+    stats = pipeline.warehouse_stats()
+    assert stats["reservations"] == 1
+    assert stats["releases"] == 1
