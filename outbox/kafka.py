@@ -133,6 +133,11 @@ class KafkaPublisher:
             for i, result in enumerate(batch.results)
         ]
 
+    def idle(self) -> None:
+        # librdkafka runs stats_cb and error_cb only from poll(); without this, an idle
+        # relay would report producer statistics (broker round trip, queue) never.
+        self._serve(0, flush=False)
+
     def close(self, timeout: float = 2.0) -> None:
         try:
             remaining = self._producer.flush(timeout)

@@ -45,6 +45,13 @@ class Publisher(Protocol):
         """
         ...
 
+    def idle(self) -> None:
+        """Serve background work (statistics, error callbacks) while no batch is in flight.
+
+        Called by the relay between batches and while it waits for rows; must not block.
+        """
+        ...
+
     def close(self) -> None:
         """Deliver or drop what is still queued, briefly, and release the connection."""
         ...

@@ -267,7 +267,9 @@ class Relay:
             remaining = deadline - self._clock()
             if remaining <= 0:
                 return
-            # Short slices keep stop() responsive even while LISTEN blocks.
+            # Short slices keep stop() responsive even while LISTEN blocks, and let the
+            # publisher serve its statistics and error callbacks while nothing is sent.
+            self._publisher.idle()
             step = min(remaining, 0.5)
             if self._wakeup is None:
                 self._stopping.wait(step)

@@ -302,6 +302,13 @@ def _datetime(epoch: float | None) -> datetime | None:
 # -- the shared breaker -------------------------------------------------------------------
 
 STATE_VALUE = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
+# The machine's edges (an operator's override may add others; those series appear when used).
+_EDGES = (
+    (BreakerState.CLOSED, BreakerState.OPEN),
+    (BreakerState.OPEN, BreakerState.HALF_OPEN),
+    (BreakerState.HALF_OPEN, BreakerState.OPEN),
+    (BreakerState.HALF_OPEN, BreakerState.CLOSED),
+)
 
 
 class _Metrics:
@@ -388,6 +395,10 @@ class CircuitBreaker:
         self._task: asyncio.Task[None] | None = None
         if self._metrics is not None:
             self._metrics.state.labels(name=name).set(0)
+            # Every edge starts as a 0 series, so increase() sees the first opening too
+            # (a series born at 1 has no earlier sample to increase from).
+            for edge in _EDGES:
+                self._metrics.transitions.labels(name=name, from_state=edge[0], to_state=edge[1])
 
     # -- the hot path ------------------------------------------------------------------------
 

@@ -56,6 +56,7 @@ def run_relay(settings: RelaySettings) -> None:
         client_id=f"outbox-relay-{owner}",
         delivery_timeout=delivery_timeout,
         stats_callback=producer_metrics.observe,
+        stats_interval=settings.producer_stats_interval_seconds,
     )
     listener = PgListener.from_engine(engine)
     relay = Relay(

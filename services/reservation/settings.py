@@ -84,6 +84,9 @@ class RelaySettings(_Common):
     lease_seconds: float = Field(default=30.0, gt=0)
     poll_interval_seconds: float = Field(default=1.0, gt=0)
     retention_hours: float = Field(default=24.0, gt=0)
+    producer_stats_interval_seconds: float = Field(
+        default=15.0, gt=0, description="librdkafka statistics (producer gauges) period"
+    )
     instance_id: str | None = None
 
 

@@ -81,7 +81,6 @@ FAST_ENV = {
     "STEADFAST_REDRIVE_BURST": "50",
     "STEADFAST_ALERTS_INTERVAL_SECONDS": "2",
     # librdkafka statistics (the producer panels) every second instead of every 15 s.
-    # Proposed RelaySettings field; ignored (extra="ignore") until the relay has it.
     "STEADFAST_PRODUCER_STATS_INTERVAL_SECONDS": "1",
 }
 

@@ -83,3 +83,23 @@ def test_a_cancelled_publish_returns_promptly() -> None:
 
     assert not results[0].ok
     assert took < 2.0
+
+
+def test_an_idle_publisher_still_reports_statistics(
+    kafka_bootstrap: str, topic_factory: Callable[..., str]
+) -> None:
+    topic = topic_factory("outbox-stats", partitions=1)
+    documents: list[str] = []
+    publisher = KafkaPublisher(kafka_bootstrap, stats_callback=documents.append, stats_interval=0.1)
+    try:
+        assert publisher.publish([_claimed(1, topic, "a")])[0].ok
+        after_publish = len(documents)
+        deadline = time.monotonic() + 5.0
+        while len(documents) < after_publish + 3 and time.monotonic() < deadline:
+            publisher.idle()
+            time.sleep(0.05)
+    finally:
+        publisher.close()
+
+    assert len(documents) >= after_publish + 3, "no statistics were served while idle"
+    assert '"brokers"' in documents[-1]

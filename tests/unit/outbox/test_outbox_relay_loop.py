@@ -77,6 +77,7 @@ class FakePublisher:
     def __init__(self, fail: Callable[[ClaimedEvent], PublishError | None] = lambda e: None):
         self.fail = fail
         self.calls = 0
+        self.idle_calls = 0
 
     def publish(
         self, events: Sequence[ClaimedEvent], *, cancelled: Callable[[], bool] = never
@@ -89,6 +90,9 @@ class FakePublisher:
                 PublishResult(id=event.id, error=error, delivered_at=None if error else time.time())
             )
         return results
+
+    def idle(self) -> None:
+        self.idle_calls += 1
 
     def close(self) -> None:
         pass
@@ -257,6 +261,18 @@ class FakeWakeup:
 
     def close(self) -> None:
         pass
+
+
+def test_an_idle_relay_lets_the_publisher_serve_its_callbacks() -> None:
+    # librdkafka delivers statistics and errors only from poll(): an idle relay that never
+    # polled would report stale producer gauges forever.
+    publisher = FakePublisher()
+    relay, _ = _relay(FakeStore(), publisher, poll_interval=30, stats_interval=60)
+    thread = _run_in_thread(relay)
+    _wait(lambda: publisher.idle_calls >= 3, timeout=3.0)
+    relay.stop()
+    thread.join(2)
+    assert not thread.is_alive()
 
 
 def test_a_notification_cuts_the_idle_wait_short() -> None:
