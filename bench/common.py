@@ -1,0 +1,345 @@
+"""What every bench shares: targets, results, tables, RSS sampling and infrastructure.
+
+The API, in the order a bench uses it::
+
+    with bench_infra("relay", broker=args.broker) as infra:       # PostgreSQL + broker + db
+        proc = start_process("relay", "steadfast-relay", infra)    # a real console script
+        with RssSampler({"relay": proc.process.pid}) as rss:       # peak RSS per process
+            ...                                                    # drive it, bounded
+    result = BenchResult(name="relay", metric="events/s", value=rate,
+                         target=Target.at_least(15_000), rss_mb=rss.peak_mb(),
+                         broker=infra.broker_kind, details={...})
+    report(result)    # prints the table and writes results/bench-relay.json
+
+`Target`, `BenchResult`, `within_tolerance` and `machine_info` are pure; the rest touches
+processes, sockets and files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import psutil
+import psycopg
+from rich.console import Console
+from rich.table import Table
+from sqlalchemy.engine import make_url
+
+from local import infra
+from tests.processes import Proc, base_env, start, wait_until
+
+__all__ = [
+    "RSS_LIMIT_MB",
+    "BenchInfra",
+    "BenchResult",
+    "Proc",
+    "RssSampler",
+    "Target",
+    "bench_infra",
+    "machine_info",
+    "print_table",
+    "report",
+    "run_bounded",
+    "start_process",
+    "wait_until",
+    "within_tolerance",
+    "write_result",
+]
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS_DIR = REPO / "results"
+STATE_DIR = REPO / ".steadfast" / "bench"
+RSS_LIMIT_MB = 200.0
+"""Every process a bench starts must stay under this peak RSS."""
+
+
+def within_tolerance(measured: float, expected: float, tolerance: float) -> bool:
+    """Whether `measured` is within ±`tolerance` (a fraction) of `expected`."""
+    if expected <= 0 or tolerance < 0:
+        raise ValueError("expected must be > 0 and tolerance >= 0")
+    return abs(measured - expected) <= expected * tolerance
+
+
+@dataclass(frozen=True, kw_only=True)
+class Target:
+    """A pass condition on one number: at least `value`, or within ±`tolerance` of it."""
+
+    kind: Literal["at_least", "within"]
+    value: float
+    tolerance: float = 0.0
+
+    @classmethod
+    def at_least(cls, value: float) -> Target:
+        return cls(kind="at_least", value=value)
+
+    @classmethod
+    def within(cls, value: float, tolerance: float) -> Target:
+        return cls(kind="within", value=value, tolerance=tolerance)
+
+    def met(self, measured: float) -> bool:
+        if self.kind == "at_least":
+            return measured >= self.value
+        return within_tolerance(measured, self.value, self.tolerance)
+
+    def describe(self) -> str:
+        if self.kind == "at_least":
+            return f">= {self.value:,.0f}"
+        return f"{self.value:,.0f} ±{self.tolerance:.0%}"
+
+
+@dataclass(kw_only=True)
+class BenchResult:
+    """One bench's headline number, its target, and the peak RSS of each process it ran."""
+
+    name: str
+    metric: str
+    """Unit of `value`, e.g. "events/s"."""
+    value: float
+    target: Target
+    rss_mb: dict[str, float]
+    """Peak RSS in MiB by process name ("relay", "warehouse-mock")."""
+    broker: str
+    details: dict[str, Any] = field(default_factory=dict)
+    """Anything else worth keeping: counts, durations, settings, secondary checks."""
+    checks: dict[str, bool] = field(default_factory=dict)
+    """Extra pass/fail conditions (e.g. "breaker_did_not_flap") that `passed` includes."""
+
+    @property
+    def rss_ok(self) -> bool:
+        return all(mb < RSS_LIMIT_MB for mb in self.rss_mb.values())
+
+    @property
+    def passed(self) -> bool:
+        return self.target.met(self.value) and self.rss_ok and all(self.checks.values())
+
+    def to_json(self, machine: Mapping[str, Any]) -> dict[str, Any]:
+        return {
+            "bench": self.name,
+            "measured_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "machine": dict(machine),
+            "metric": self.metric,
+            "value": round(self.value, 1),
+            "target": asdict(self.target),
+            "target_met": self.target.met(self.value),
+            "rss_mb": {k: round(v, 1) for k, v in self.rss_mb.items()},
+            "rss_limit_mb": RSS_LIMIT_MB,
+            "checks": self.checks,
+            "passed": self.passed,
+            "details": self.details,
+        }
+
+
+def machine_info(broker: str) -> dict[str, Any]:
+    return {
+        "cpu_count": os.cpu_count(),
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "python": platform.python_version(),
+        "platform": platform.platform(terse=True),
+        "broker": broker,
+    }
+
+
+def write_result(result: BenchResult, results_dir: Path = RESULTS_DIR) -> Path:
+    """Write `results/bench-<name>.json` atomically (a `.tmp` file, then a rename)."""
+    results_dir.mkdir(parents=True, exist_ok=True)
+    path = results_dir / f"bench-{result.name}.json"
+    tmp = path.with_suffix(".json.tmp")
+    payload = result.to_json(machine_info(result.broker))
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def print_table(results: Sequence[BenchResult], title: str = "steadfast benchmarks") -> None:
+    table = Table(title=title)
+    for column in ("bench", "metric", "measured", "target", "peak RSS MiB (< 200)", "result"):
+        table.add_column(column, justify="right" if column == "measured" else "left")
+    for r in results:
+        rss = ", ".join(f"{name} {mb:.0f}" for name, mb in r.rss_mb.items()) or "-"
+        failed = [name for name, ok in r.checks.items() if not ok]
+        verdict = "[green]pass" if r.passed else f"[red]FAIL {' '.join(failed)}".rstrip()
+        table.add_row(r.name, r.metric, f"{r.value:,.0f}", r.target.describe(), rss, verdict)
+    # Benches print nothing else to stdout, so the table is the report (STYLE's T20 is
+    # about logging in services; a CLI's own output belongs on stdout).
+    Console().print(table)
+
+
+def report(result: BenchResult) -> Path:
+    """Print the one-row table and write the JSON; returns the JSON's path."""
+    print_table([result], title=f"bench {result.name}")
+    return write_result(result)
+
+
+class RssSampler:
+    """Samples the RSS of named process trees in a thread and keeps each one's peak.
+
+    A process's children are counted with it (a process tree is one service), and a
+    process that has exited keeps the peak it had.
+    """
+
+    def __init__(self, pids: Mapping[str, int], interval: float = 0.2) -> None:
+        self._pids = dict(pids)
+        self._interval = interval
+        self._peak: dict[str, int] = dict.fromkeys(self._pids, 0)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+
+    def add(self, name: str, pid: int) -> None:
+        self._pids[name] = pid
+        self._peak.setdefault(name, 0)
+
+    def sample(self) -> None:
+        for name, pid in list(self._pids.items()):
+            self._peak[name] = max(self._peak.get(name, 0), tree_rss(pid))
+
+    def peak_mb(self) -> dict[str, float]:
+        self.sample()
+        return {name: peak / 2**20 for name, peak in self._peak.items()}
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            self.sample()
+
+    def __enter__(self) -> RssSampler:
+        self.sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+def tree_rss(pid: int) -> int:
+    """Bytes resident in `pid` and its descendants (0 once it is gone)."""
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0
+    total = 0
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            total += proc.memory_info().rss
+    return total
+
+
+@dataclass(frozen=True)
+class BenchInfra:
+    """Where a bench's processes find PostgreSQL and the broker."""
+
+    database_url: str
+    """libpq form (`postgresql://…`), a database of its own, migrated."""
+    bootstrap: str
+    broker_kind: str
+    topic: str
+    partitions: int
+    log_dir: Path
+
+    def env(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+        """The environment of a steadfast process: ours, loopback, no inherited STEADFAST_*."""
+        values = {
+            "PYTHONUNBUFFERED": "1",
+            "STEADFAST_DATABASE_URL": self.database_url,
+            "STEADFAST_KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
+            "STEADFAST_KAFKA__TOPIC": self.topic,
+            "STEADFAST_KAFKA__PARTITIONS": str(self.partitions),
+            "STEADFAST_HOST": infra.LOOPBACK,
+            "STEADFAST_METRICS_PORT": str(infra.free_port()),
+            "STEADFAST_LOG_LEVEL": "WARNING",
+        }
+        values.update(extra or {})
+        return base_env(values)
+
+    def connect(self, **kwargs: Any) -> psycopg.Connection[Any]:
+        return psycopg.connect(self.database_url, **kwargs)
+
+
+@contextlib.contextmanager
+def bench_infra(
+    name: str, *, broker: str | None = None, partitions: int = 6
+) -> Iterator[BenchInfra]:
+    """PostgreSQL and a broker found or started like `make run` does, plus a fresh database.
+
+    PostgreSQL: STEADFAST_DATABASE_URL, else 127.0.0.1:5432, else embedded; the database
+    `steadfast_bench_<name>` is dropped, re-created and migrated. Broker: an existing
+    STEADFAST_KAFKA_BOOTSTRAP_SERVERS, else a fresh one of `broker` (STEADFAST_BROKER,
+    default noida) with an empty data dir, stopped on exit. The topic is unique per run.
+    """
+    import migrations
+
+    kind = broker or os.environ.get("STEADFAST_BROKER", "noida")
+    state = STATE_DIR / name
+    log_dir = state / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        pg = infra.find_or_start_postgres(state, os.environ.get("STEADFAST_DATABASE_URL"))
+        if pg.embedded:
+            stack.callback(pg.stop)
+        database_url = _fresh_database(pg.url, f"steadfast_bench_{name}")
+        migrations.upgrade(database_url)
+
+        bootstrap = os.environ.get("STEADFAST_KAFKA_BOOTSTRAP_SERVERS")
+        if bootstrap:
+            kind = "external"
+        else:
+            # A fresh data dir: noida rewrites its whole data file, so old runs' records
+            # would slow this one down.
+            shutil.rmtree(state / f"broker-{kind}", ignore_errors=True)
+            started = infra.start_broker(kind, state)
+            stack.callback(started.stop)
+            bootstrap = started.bootstrap
+        topic = f"bench.{name}.{int(time.time())}"
+        infra.ensure_topics(bootstrap, {topic: partitions})
+        yield BenchInfra(
+            database_url=database_url,
+            bootstrap=bootstrap,
+            broker_kind=kind,
+            topic=topic,
+            partitions=partitions,
+            log_dir=log_dir,
+        )
+
+
+def _fresh_database(server_url: str, name: str) -> str:
+    with psycopg.connect(infra.libpq_url(server_url), autocommit=True) as conn:
+        ident = psycopg.sql.Identifier(name)
+        conn.execute(psycopg.sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(ident))
+        conn.execute(psycopg.sql.SQL("CREATE DATABASE {}").format(ident))
+    url = make_url(infra.libpq_url(server_url)).set(database=name)
+    return url.render_as_string(hide_password=False)
+
+
+def start_process(
+    name: str, script: str, bench: BenchInfra, env: Mapping[str, str] | None = None
+) -> Proc:
+    """Start console script `script` of this venv with `bench.env(env)`; logs in log_dir."""
+    log_path = bench.log_dir / f"{name}.log"
+    log_path.unlink(missing_ok=True)
+    return start(name, script, bench.env(env), bench.log_dir)
+
+
+def run_bounded(
+    step: Callable[[], bool], *, timeout: float, what: str, interval: float = 0.05
+) -> float:
+    """Call `step` until it returns True or `timeout` passes; returns the seconds taken.
+
+    Raises TimeoutError, so a bench never hangs on a stuck process.
+    """
+    started = time.monotonic()
+    while not step():
+        if time.monotonic() - started > timeout:
+            raise TimeoutError(f"{what}: not done after {timeout:.0f}s")
+        time.sleep(interval)
+    return time.monotonic() - started
