@@ -98,10 +98,12 @@ class ProducerStatsMetrics:
                 )
             }
             # Bootstrap placeholders (nodeid -1) vanish once metadata names the brokers.
+            # A window without requests reports avg 0, which is no round trip at all: the
+            # gauge keeps the last measured one instead.
             rtts = {
                 name: float(broker["rtt"]["avg"]) / 1e6
                 for name, broker in stats.get("brokers", {}).items()
-                if broker.get("nodeid", -1) >= 0
+                if broker.get("nodeid", -1) >= 0 and broker["rtt"].get("cnt", 1) > 0
             }
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             # Called from librdkafka's poll; a bad document must not break delivery.

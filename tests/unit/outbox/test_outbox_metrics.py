@@ -37,6 +37,18 @@ def test_stats_document_sets_the_gauges() -> None:
     assert bootstrap is None
 
 
+def test_a_window_without_requests_keeps_the_last_round_trip() -> None:
+    registry = CollectorRegistry()
+    stats = ProducerStatsMetrics(registry)
+    stats.observe(json.dumps(STATS))
+    idle = {**STATS, "brokers": {"127.0.0.1:9092/1": {"nodeid": 1, "rtt": {"avg": 0, "cnt": 0}}}}
+    stats.observe(json.dumps(idle))
+    rtt = registry.get_sample_value(
+        "steadfast_kafka_producer_broker_rtt_seconds", {"broker": "127.0.0.1:9092/1"}
+    )
+    assert rtt == 0.0025
+
+
 def test_an_unreadable_document_changes_nothing_and_does_not_raise() -> None:
     registry = CollectorRegistry()
     stats = ProducerStatsMetrics(registry)
