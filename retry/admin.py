@@ -26,16 +26,8 @@ from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, stat
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
-from retry.store import (
-    CANCELLABLE_STATES,
-    MAX_PAGE,
-    REQUEUEABLE_STATES,
-    InvalidQuery,
-    RetryFilter,
-    RetryRow,
-    RetryStore,
-    RetrySummary,
-)
+from retry.rows import InvalidQuery, RetryFilter, RetryRow, RetrySummary
+from retry.store import CANCELLABLE_STATES, MAX_PAGE, REQUEUEABLE_STATES, RetryStore
 
 log = logging.getLogger(__name__)
 

@@ -36,7 +36,8 @@ from retry.model import (
     Handler,
     Message,
 )
-from retry.store import ORDERING_ERROR, RetryRow, RetryStore, clean_text
+from retry.rows import ORDERING_ERROR, RetryRow, clean_text
+from retry.store import RetryStore
 
 log = logging.getLogger(__name__)
 

@@ -30,8 +30,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from retry.errors import LeaseLost
 from retry.processor import Processor, RedriveOutcome
+from retry.rows import RetryRow
 from retry.schema import RETRY_STATES
-from retry.store import RetryRow, RetryStore
+from retry.store import RetryStore
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from retry.errors import UndecodableMessage
 from retry.model import DecisionKind, FailureDecision, FailureKind, Message
-from retry.store import RetryRow
+from retry.rows import RetryRow
 from services.common.tracing import current_traceparent
 from services.reservation import db
 from services.reservation.domain import (

@@ -13,8 +13,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from retry.errors import LeaseLost
 from retry.model import Classification, FailureKind, Message
+from retry.rows import ORDERING_ERROR, RetryFilter
 from retry.schema import retry_messages
-from retry.store import ORDERING_ERROR, RetryFilter, RetryStore
+from retry.store import RetryStore
 
 pytestmark = pytest.mark.postgres
 

@@ -14,7 +14,7 @@ from retry.admin import RetryDetail, RetryItem, _detail, _item
 from retry.model import Classification, FailureKind, Message
 from retry.policy import FixedPolicy, LogarithmicPolicy
 from retry.processor import FailurePlan, plan_failure
-from retry.store import (
+from retry.rows import (
     InvalidQuery,
     RetryFilter,
     RetryRow,
