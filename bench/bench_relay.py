@@ -1,0 +1,113 @@
+"""Outbox relay throughput: drain a pre-filled outbox of N rows into Kafka.
+
+The rows are OrderPlaced events as the API writes them, COPYed in before the relay
+starts. The rate counts from the relay's first marked batch to an empty outbox (so the
+process's start-up is not in it), and the topic's end offsets must add up to N.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from bench.common import (
+    BenchResult,
+    RssSampler,
+    Target,
+    bench_infra,
+    report,
+    run_bounded,
+    start_process,
+)
+from bench.orders import copy_outbox, make_orders
+from bench.topic import end_offsets
+
+NAME = "relay"
+TARGET_EVENTS_PER_SECOND = 15_000
+
+
+def run(
+    rows: int = 100_000,
+    timeout: float = 180.0,
+    broker: str | None = None,
+    batch_size: int | None = None,
+) -> BenchResult:
+    with bench_infra(NAME, broker=broker) as infra:
+        orders = list(make_orders(rows))
+        fill_started = time.monotonic()
+        with infra.connect() as conn:
+            copy_outbox(conn, orders, infra.topic)
+        fill_seconds = time.monotonic() - fill_started
+        del orders
+
+        env = {"STEADFAST_BATCH_SIZE": str(batch_size)} if batch_size else {}
+        relay = start_process(NAME, "steadfast-relay", infra, env)
+        try:
+            with (
+                infra.connect(autocommit=True) as conn,
+                RssSampler({NAME: relay.process.pid}) as rss,
+            ):
+
+                def pending() -> int:
+                    if not relay.alive():
+                        raise RuntimeError(f"relay exited:\n{relay.tail()}")
+                    sql = "SELECT count(*) FROM outbox WHERE published_at IS NULL"
+                    row = conn.execute(sql).fetchone()
+                    return int(row[0]) if row else 0
+
+                # Start-up (imports, connections, producer) is not relay throughput.
+                run_bounded(lambda: pending() < rows, timeout=60, what="relay's first batch")
+                left_at_start = pending()
+                seconds = run_bounded(
+                    lambda: pending() == 0, timeout=timeout, what="outbox drain", interval=0.02
+                )
+                drained = left_at_start
+                span = conn.execute(
+                    "SELECT extract(epoch FROM max(published_at) - min(published_at)) FROM outbox"
+                ).fetchone()
+            peak, cpu = rss.peak_mb(), rss.cpu_seconds()
+        finally:
+            relay.stop()
+        offsets = end_offsets(infra.bootstrap, infra.topic, infra.partitions)
+        on_topic = sum(offsets.values())
+        checks = {"all_rows_published": True}
+        if infra.broker_kind != "tansu":
+            checks["topic_has_every_event"] = on_topic >= rows
+        return BenchResult(
+            name=NAME,
+            metric="events/s",
+            value=drained / seconds,
+            target=Target.at_least(TARGET_EVENTS_PER_SECOND),
+            rss_mb=peak,
+            broker=infra.broker_kind,
+            checks=checks,
+            details={
+                "rows": rows,
+                "drained_while_timed": drained,
+                "drain_seconds": round(seconds, 3),
+                "published_at_span_seconds": float(span[0]) if span and span[0] else None,
+                "fill_seconds": round(fill_seconds, 3),
+                "records_on_topic": on_topic,
+                "partitions": infra.partitions,
+                "batch_size": batch_size or "default",
+                "cpu_seconds": cpu,
+            },
+        )
+
+
+def main(argv: list[str] | None = None) -> BenchResult:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--timeout", type=float, default=180.0, help="drain time limit, s")
+    parser.add_argument("--broker", choices=("noida", "tansu"), default=None)
+    parser.add_argument("--batch-size", type=int, default=None, help="STEADFAST_BATCH_SIZE")
+    args = parser.parse_args(argv)
+    result = run(
+        rows=args.rows, timeout=args.timeout, broker=args.broker, batch_size=args.batch_size
+    )
+    report(result)
+    return result
+
+
+if __name__ == "__main__":
+    main()
