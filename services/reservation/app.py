@@ -22,8 +22,8 @@ from prometheus_client import CollectorRegistry, start_http_server
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from retry.breaker import BreakerConfig as EngineBreakerConfig
 from retry.breaker import CircuitBreaker
+from retry.breaker_machine import BreakerConfig as EngineBreakerConfig
 from retry.classify import Classifier
 from retry.clock import SystemClock
 from retry.model import Message

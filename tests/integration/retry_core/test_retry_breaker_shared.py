@@ -16,7 +16,8 @@ from sqlalchemy import select
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from retry.breaker import BreakerConfig, CircuitBreaker, Transition
+from retry.breaker import CircuitBreaker, Transition
+from retry.breaker_machine import BreakerConfig
 from retry.clock import FakeClock
 from retry.schema import circuit_breakers
 

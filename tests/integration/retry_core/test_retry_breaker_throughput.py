@@ -16,7 +16,8 @@ import pytest
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from retry.breaker import BreakerConfig, CircuitBreaker
+from retry.breaker import CircuitBreaker
+from retry.breaker_machine import BreakerConfig
 from retry.clock import SystemClock
 
 pytestmark = pytest.mark.postgres

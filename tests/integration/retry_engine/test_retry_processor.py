@@ -19,7 +19,8 @@ from sqlalchemy import select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from retry.breaker import BreakerConfig, CircuitBreaker
+from retry.breaker import CircuitBreaker
+from retry.breaker_machine import BreakerConfig
 from retry.classify import Classifier
 from retry.clock import FakeClock, SystemClock
 from retry.errors import CallFailed, UndecodableMessage

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from retry.breaker import Admission, BreakerConfig, BreakerMachine, BreakerState
+from retry.breaker_machine import Admission, BreakerConfig, BreakerMachine, BreakerState
 
 CLOSED, HALF_OPEN, OPEN = BreakerState.CLOSED, BreakerState.HALF_OPEN, BreakerState.OPEN
 CONFIG = BreakerConfig(

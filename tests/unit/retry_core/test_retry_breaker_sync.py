@@ -11,7 +11,8 @@ from typing import Any, cast
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from retry.breaker import BreakerConfig, BreakerMachine, BreakerState, CircuitBreaker
+from retry.breaker import CircuitBreaker
+from retry.breaker_machine import BreakerConfig, BreakerMachine, BreakerState
 from retry.clock import FakeClock
 
 CONFIG = BreakerConfig(min_calls=4, sync_interval_seconds=1.0)
