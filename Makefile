@@ -29,7 +29,7 @@ PYTHON := $(shell for p in python3 python3.13 python3.12 python3.11; do \
 	&& { echo $$p; break; }; done)
 endif
 
-.PHONY: help install run lint format typecheck unit integration e2e test prometheus-tools \
+.PHONY: help install run lint format typecheck unit integration e2e test chaos prometheus-tools \
 	clean distclean
 
 help:
@@ -39,6 +39,7 @@ help:
 	@echo "make format       apply ruff formatting and safe fixes"
 	@echo "make typecheck    mypy $(MYPY_PATHS)"
 	@echo "make unit | integration | e2e    one test tier (PYTEST_ARGS='-k name' to narrow)"
+	@echo "make chaos        the chaos suite at full scale (>= 20k orders); writes results/chaos.json"
 	@echo "make install      create $(VENV) and install the project (done on demand)"
 	@echo "make clean        remove local state (.steadfast) and caches; distclean also $(VENV)"
 
@@ -90,6 +91,12 @@ integration: $(STAMP) prometheus-tools
 
 e2e: $(STAMP) prometheus-tools
 	$(PYTEST) tests/e2e
+
+# Kills, restarts and outages under load at full scale (the reduced run is part of `test`).
+# Prints a table per scenario and writes results/chaos.json; takes about 15-25 minutes.
+chaos: $(STAMP)
+	STEADFAST_CHAOS_SCALE=full $(BIN)/python -m pytest -p no:cacheprovider -ra --timeout=1800 \
+		$(PYTEST_ARGS) tests/chaos
 
 # Every step runs even when an earlier one fails, so one CI run reports everything.
 test: $(STAMP) prometheus-tools
