@@ -12,14 +12,9 @@ from pathlib import Path
 import click
 
 from local import infra
-from local.launcher import (
-    ROLES,
-    Launcher,
-    LaunchError,
-    LaunchOptions,
-    LockedPrinter,
-    PrinterHandler,
-)
+from local.launcher import Launcher
+from local.manager import LockedPrinter, PrinterHandler
+from local.plan import ROLES, LaunchError, LaunchOptions
 
 
 def _parse_scale(values: tuple[str, ...]) -> dict[str, int]:

@@ -1,16 +1,12 @@
 """The local launcher behind `make run`: infrastructure, then every process under honcho.
 
 Order of work: find or start PostgreSQL and a broker (`local.infra`), migrate the service
-database, create the topic, pick free loopback ports, write `<state>/run/endpoints.json`
-(mode 600), then run the processes with honcho's `Manager` and wait for them to answer.
-Ctrl-C or SIGTERM stops every child (honcho: SIGTERM, then SIGKILL after 5 s), then the
-broker and an embedded PostgreSQL. If a child dies on its own, honcho stops the rest and
-the launcher names the one that died and exits non-zero.
-
-endpoints.json is the contract with tests and tools: URLs, the admin token, infrastructure
-addresses, the launcher's pid and each child's pid by process name (`consumer-2`), and
-`"ready": true` once every HTTP endpoint answers. It is rewritten atomically (temp file
-created with mode 600, then renamed) and removed when the launcher exits.
+database, create the topic, pick free loopback ports (`local.plan`), write
+`<state>/run/endpoints.json` (mode 600, `local.endpoints`), then run the processes with
+honcho's `Manager` (`local.manager`) and wait for them to answer. Ctrl-C or SIGTERM stops
+every child (honcho: SIGTERM, then SIGKILL after 5 s), then the broker and an embedded
+PostgreSQL. If a child dies on its own, honcho stops the rest and the launcher names the
+one that died and exits non-zero.
 """
 
 from __future__ import annotations
@@ -23,274 +19,36 @@ import secrets
 import shlex
 import shutil
 import signal
-import string
 import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
-from honcho.manager import Manager
-from honcho.printer import Message, Printer
+from honcho.printer import Printer
 from sqlalchemy.engine import make_url
 
 from local import infra
+from local.endpoints import EndpointsFile
+from local.manager import LockedPrinter, ProcessManager
+from local.plan import (
+    LOOPBACK,
+    Instance,
+    LaunchError,
+    LaunchOptions,
+    command_for,
+    plan,
+    process_env,
+    render_prometheus,
+)
 
 log = logging.getLogger(__name__)
 
-LOOPBACK = infra.LOOPBACK
-ROLES = ("api", "warehouse", "relay", "consumer", "scheduler")
-SCALABLE = frozenset({"relay", "consumer", "scheduler"})
-COMMANDS = {
-    "api": "steadfast-api",
-    "warehouse": "steadfast-warehouse",
-    "relay": "steadfast-relay",
-    "consumer": "steadfast-consumer",
-    "scheduler": "steadfast-scheduler",
-}
-# Prometheus job names follow each process's `service.name` in the logs.
-JOBS = {
-    "api": "reservation-api",
-    "warehouse": "warehouse-mock",
-    "relay": "outbox-relay",
-    "consumer": "reservation-consumer",
-    "scheduler": "retry-scheduler",
-}
 SERVICE_DATABASE = "steadfast"
-LOCAL_DIR = Path(__file__).parent
-PROMETHEUS_TEMPLATE = LOCAL_DIR / "prometheus.yml"
-ALERT_RULES = LOCAL_DIR / "alerts.yml"
 READY_POLL_SECONDS = 0.25
 BROKER_STOP_SECONDS = 3.0
-
-
-class LaunchError(RuntimeError):
-    """The stack could not be started (bad options, missing infrastructure)."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class LaunchOptions:
-    state_dir: Path
-    broker: str = "noida"
-    scale: Mapping[str, int] = field(default_factory=dict)
-    only: frozenset[str] | None = None
-    prometheus: bool = True
-    commands: Mapping[str, str] = field(default_factory=dict)
-    """Replacement shell commands by role, for tests and debugging."""
-
-    def __post_init__(self) -> None:
-        if self.broker not in infra.BROKERS:
-            raise LaunchError(f"unknown broker {self.broker!r}; choose {', '.join(infra.BROKERS)}")
-        unknown = (set(self.scale) | set(self.only or ()) | set(self.commands)) - set(ROLES)
-        if unknown:
-            raise LaunchError(f"unknown process {sorted(unknown)}; choose from {', '.join(ROLES)}")
-        for role, count in self.scale.items():
-            if count < 0 or (count > 1 and role not in SCALABLE):
-                raise LaunchError(
-                    f"--scale {role}={count}: only {', '.join(sorted(SCALABLE))} run more than once"
-                )
-
-    def count(self, role: str) -> int:
-        if self.only is not None and role not in self.only:
-            return 0
-        return self.scale.get(role, 1)
-
-
-@dataclass(frozen=True)
-class Instance:
-    name: str
-    """`role-N`: the honcho process name, the pid key and STEADFAST_INSTANCE_ID."""
-    role: str
-    port: int
-    """The api/warehouse HTTP port, else the Prometheus metrics port."""
-
-    @property
-    def base_url(self) -> str:
-        return f"http://{LOOPBACK}:{self.port}"
-
-    @property
-    def metrics_url(self) -> str:
-        return f"{self.base_url}/metrics"
-
-
-def plan(options: LaunchOptions) -> list[Instance]:
-    return [
-        Instance(f"{role}-{n}", role, infra.free_port())
-        for role in ROLES
-        for n in range(1, options.count(role) + 1)
-    ]
-
-
-def command_for(role: str, overrides: Mapping[str, str]) -> str:
-    """A shell command for honcho; `exec` makes the recorded pid the service's own.
-
-    A replacement command runs as given (it may be a compound shell command), so its pid is
-    the shell's; honcho signals the whole process group either way.
-    """
-    if role in overrides:
-        return overrides[role]
-    script = Path(sys.executable).parent / COMMANDS[role]
-    exe = str(script) if script.exists() else (shutil.which(COMMANDS[role]) or COMMANDS[role])
-    return f"exec {shlex.quote(exe)}"
-
-
-def process_env(
-    base: Mapping[str, str], shared: Mapping[str, str], inst: Instance, warehouse_url: str | None
-) -> dict[str, str]:
-    """Shared launcher values, the user's exported STEADFAST_* on top, then forced ports/ids."""
-    env = {"PYTHONUNBUFFERED": "1", "STEADFAST_LOG_LEVEL": "INFO"}
-    if warehouse_url and inst.role in {"consumer", "scheduler"}:
-        env["STEADFAST_WAREHOUSE__BASE_URL"] = warehouse_url
-    env.update(base)
-    env.update(shared)
-    env.pop("STEADFAST_METRICS_PORT", None)
-    env["STEADFAST_INSTANCE_ID"] = inst.name
-    env["STEADFAST_HOST"] = LOOPBACK
-    if inst.role == "api":
-        env["STEADFAST_PORT"] = str(inst.port)
-    elif inst.role == "warehouse":
-        env["STEADFAST_WAREHOUSE_PORT"] = str(inst.port)
-    else:
-        env["STEADFAST_METRICS_PORT"] = str(inst.port)
-    return env
-
-
-def render_prometheus(instances: list[Instance], scrape_interval: str = "5s") -> str:
-    def static_configs(role: str) -> str:
-        return json.dumps(
-            [
-                {"targets": [f"{LOOPBACK}:{i.port}"], "labels": {"instance_id": i.name}}
-                for i in instances
-                if i.role == role
-            ]
-        )
-
-    rules = [str(ALERT_RULES)] if ALERT_RULES.exists() else []
-    return string.Template(PROMETHEUS_TEMPLATE.read_text()).substitute(
-        scrape_interval=scrape_interval,
-        rule_files=json.dumps(rules),
-        **{f"{role}_static_configs": static_configs(role) for role in ROLES},
-    )
-
-
-class EndpointsFile:
-    """`<state>/run/endpoints.json`: written whole, atomically, never wider than mode 600."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.data: dict[str, Any] = {}
-        self._lock = threading.Lock()
-
-    def update(self, **values: Any) -> None:
-        with self._lock:
-            self.data.update(values)
-            self._write()
-
-    def set_in(self, key: str, name: str, value: Any) -> None:
-        with self._lock:
-            self.data.setdefault(key, {})[name] = value
-            self._write()
-
-    def _write(self) -> None:
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as out:
-            json.dump(self.data, out, indent=2, sort_keys=True)
-            out.write("\n")
-        os.replace(tmp, self.path)
-
-    def remove(self) -> None:
-        with self._lock, contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
-
-
-class LockedPrinter(Printer):  # type: ignore[misc]
-    """honcho's Printer, safe to share between the manager loop and launcher threads."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._lock = threading.Lock()
-
-    def write(self, message: Any) -> None:
-        with self._lock:
-            try:
-                super().write(message)
-            except OSError:
-                # The reader went away (`make run | head`, a closed terminal). Losing the
-                # output must not stop the manager loop, or the children would be orphaned.
-                self.output = open(os.devnull, "w")  # noqa: SIM115 - lives as long as we do
-
-
-class PrinterHandler(logging.Handler):
-    """Sends the launcher's own log records through honcho's printer, prefixed `launcher`."""
-
-    def __init__(self, printer: Printer, name: str = "launcher") -> None:
-        super().__init__()
-        self._printer = printer
-        self._name = name
-        printer.width = max(printer.width, len(name))
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            text = self.format(record)
-            self._printer.write(Message("line", text + "\n", _now(), self._name, None))
-        except Exception:
-            self.handleError(record)
-
-
-def _now() -> Any:
-    import datetime as dt
-
-    return dt.datetime.now().astimezone()
-
-
-class _EventTap:
-    """honcho's event queue with a hook on every message the manager reads.
-
-    Children only `put`; pickling (spawn/forkserver start methods) hands them the bare queue.
-    """
-
-    def __init__(self, queue: Any, on_event: Callable[[Any], None]) -> None:
-        self._queue = queue
-        self._on_event = on_event
-
-    def get(self, *args: Any, **kwargs: Any) -> Any:
-        self._on_event(None)
-        message = self._queue.get(*args, **kwargs)
-        self._on_event(message)
-        return message
-
-    def put(self, *args: Any, **kwargs: Any) -> None:
-        self._queue.put(*args, **kwargs)
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (_identity, (self._queue,))
-
-
-def _identity(value: Any) -> Any:
-    return value
-
-
-class _Manager(Manager):  # type: ignore[misc]
-    """Records whether the stop was asked for (signal) or caused by a child's exit."""
-
-    events: Any
-
-    def __init__(self, printer: Printer, on_event: Callable[[Any], None]) -> None:
-        super().__init__(printer)
-        self.events = _EventTap(self.events, on_event)
-        self.first_exit: tuple[str, int] | None = None
-        self.stop_requested = False
-
-    def terminate(self) -> None:
-        if self.first_exit is None:
-            self.stop_requested = True
-        super().terminate()
 
 
 def _raise_interrupt(signum: int, frame: object) -> None:
@@ -377,7 +135,7 @@ class Launcher:
             infra_pids={"broker": broker.process.pid} if broker and broker.process else {},
         )
 
-        manager = _Manager(self.printer, self._on_event)
+        manager = ProcessManager(self.printer, self._on_event)
         self.printer.width = max(self.printer.width, len("launcher"))
         self._manager = manager
         for inst in instances:

@@ -1,0 +1,151 @@
+"""What the local launcher runs: the options, one `Instance` per process, and how to run it.
+
+`plan` turns `LaunchOptions` into named instances (`consumer-2`) on free loopback ports;
+`command_for` and `process_env` give honcho each one's shell command and environment; and
+`render_prometheus` writes the scrape configuration for exactly those instances. Nothing
+here starts anything.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import shutil
+import string
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from local import infra
+
+LOOPBACK = infra.LOOPBACK
+ROLES = ("api", "warehouse", "relay", "consumer", "scheduler")
+SCALABLE = frozenset({"relay", "consumer", "scheduler"})
+COMMANDS = {
+    "api": "steadfast-api",
+    "warehouse": "steadfast-warehouse",
+    "relay": "steadfast-relay",
+    "consumer": "steadfast-consumer",
+    "scheduler": "steadfast-scheduler",
+}
+# Prometheus job names follow each process's `service.name` in the logs.
+JOBS = {
+    "api": "reservation-api",
+    "warehouse": "warehouse-mock",
+    "relay": "outbox-relay",
+    "consumer": "reservation-consumer",
+    "scheduler": "retry-scheduler",
+}
+LOCAL_DIR = Path(__file__).parent
+PROMETHEUS_TEMPLATE = LOCAL_DIR / "prometheus.yml"
+ALERT_RULES = LOCAL_DIR / "alerts.yml"
+
+
+class LaunchError(RuntimeError):
+    """The stack could not be started (bad options, missing infrastructure)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class LaunchOptions:
+    state_dir: Path
+    broker: str = "noida"
+    scale: Mapping[str, int] = field(default_factory=dict)
+    only: frozenset[str] | None = None
+    prometheus: bool = True
+    commands: Mapping[str, str] = field(default_factory=dict)
+    """Replacement shell commands by role, for tests and debugging."""
+
+    def __post_init__(self) -> None:
+        if self.broker not in infra.BROKERS:
+            raise LaunchError(f"unknown broker {self.broker!r}; choose {', '.join(infra.BROKERS)}")
+        unknown = (set(self.scale) | set(self.only or ()) | set(self.commands)) - set(ROLES)
+        if unknown:
+            raise LaunchError(f"unknown process {sorted(unknown)}; choose from {', '.join(ROLES)}")
+        for role, count in self.scale.items():
+            if count < 0 or (count > 1 and role not in SCALABLE):
+                raise LaunchError(
+                    f"--scale {role}={count}: only {', '.join(sorted(SCALABLE))} run more than once"
+                )
+
+    def count(self, role: str) -> int:
+        if self.only is not None and role not in self.only:
+            return 0
+        return self.scale.get(role, 1)
+
+
+@dataclass(frozen=True)
+class Instance:
+    name: str
+    """`role-N`: the honcho process name, the pid key and STEADFAST_INSTANCE_ID."""
+    role: str
+    port: int
+    """The api/warehouse HTTP port, else the Prometheus metrics port."""
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"{self.base_url}/metrics"
+
+
+def plan(options: LaunchOptions) -> list[Instance]:
+    return [
+        Instance(f"{role}-{n}", role, infra.free_port())
+        for role in ROLES
+        for n in range(1, options.count(role) + 1)
+    ]
+
+
+def command_for(role: str, overrides: Mapping[str, str]) -> str:
+    """A shell command for honcho; `exec` makes the recorded pid the service's own.
+
+    A replacement command runs as given (it may be a compound shell command), so its pid is
+    the shell's; honcho signals the whole process group either way.
+    """
+    if role in overrides:
+        return overrides[role]
+    script = Path(sys.executable).parent / COMMANDS[role]
+    exe = str(script) if script.exists() else (shutil.which(COMMANDS[role]) or COMMANDS[role])
+    return f"exec {shlex.quote(exe)}"
+
+
+def process_env(
+    base: Mapping[str, str], shared: Mapping[str, str], inst: Instance, warehouse_url: str | None
+) -> dict[str, str]:
+    """Shared launcher values, the user's exported STEADFAST_* on top, then forced ports/ids."""
+    env = {"PYTHONUNBUFFERED": "1", "STEADFAST_LOG_LEVEL": "INFO"}
+    if warehouse_url and inst.role in {"consumer", "scheduler"}:
+        env["STEADFAST_WAREHOUSE__BASE_URL"] = warehouse_url
+    env.update(base)
+    env.update(shared)
+    env.pop("STEADFAST_METRICS_PORT", None)
+    env["STEADFAST_INSTANCE_ID"] = inst.name
+    env["STEADFAST_HOST"] = LOOPBACK
+    if inst.role == "api":
+        env["STEADFAST_PORT"] = str(inst.port)
+    elif inst.role == "warehouse":
+        env["STEADFAST_WAREHOUSE_PORT"] = str(inst.port)
+    else:
+        env["STEADFAST_METRICS_PORT"] = str(inst.port)
+    return env
+
+
+def render_prometheus(instances: list[Instance], scrape_interval: str = "5s") -> str:
+    def static_configs(role: str) -> str:
+        return json.dumps(
+            [
+                {"targets": [f"{LOOPBACK}:{i.port}"], "labels": {"instance_id": i.name}}
+                for i in instances
+                if i.role == role
+            ]
+        )
+
+    rules = [str(ALERT_RULES)] if ALERT_RULES.exists() else []
+    return string.Template(PROMETHEUS_TEMPLATE.read_text()).substitute(
+        scrape_interval=scrape_interval,
+        rule_files=json.dumps(rules),
+        **{f"{role}_static_configs": static_configs(role) for role in ROLES},
+    )
