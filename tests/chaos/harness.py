@@ -143,14 +143,19 @@ class ChaosStack:
             extra = {"STEADFAST_PORT": str(self.api_port)}
         if role in ("consumer", "scheduler", "relay"):
             extra["STEADFAST_INSTANCE_ID"] = name
+        if role == "scheduler":
+            # A killed scheduler's leased rows wait this long; the relay keeps 8 s, as its
+            # delivery timeout is a quarter of its lease.
+            extra["STEADFAST_LEASE_SECONDS"] = "4"
         if role == "consumer":
             # faust keeps a data dir per app; two consumers on one host must not share it.
             extra["STEADFAST_DATA_DIR"] = str(self.pipe.log_dir / f"faust-{name}")
-        proc = self.pipe.start(name, ROLES[role], **KNOBS, **extra)
+        proc = self.pipe.start(name, ROLES[role], **{**KNOBS, **extra})
         if role == "api":
             wait_until(
                 lambda: httpx.get(f"{self.api_url}/health", timeout=1).status_code == 200,
-                30,
+                # Generous: on a busy 2-core machine a cold start takes many seconds.
+                90,
                 "the API to answer /health",
                 proc,
             )
