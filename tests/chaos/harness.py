@@ -187,7 +187,7 @@ class ChaosStack:
 
     def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         with psycopg.connect(self.pipe.database_url, connect_timeout=3) as conn:
-            return list(conn.execute(sql, params).fetchall())  # type: ignore[arg-type]
+            return list(conn.execute(sql, params).fetchall())
 
     def wait_drained(self, acknowledged: Iterable[str], timeout: float) -> float:
         """Seconds until every order is final and every acknowledged one exists."""
@@ -301,7 +301,8 @@ def replay_partition(bootstrap: str, topic: str, partition: int, timeout: float 
         deadline = time.monotonic() + timeout
         while len(records) < end and time.monotonic() < deadline:
             for msg in reader.consume(500, timeout=1):
-                if msg.error() is None and msg.offset() < end:
+                offset = msg.offset()
+                if msg.error() is None and offset is not None and offset < end:
                     records.append((msg.key(), msg.value(), msg.headers()))
     finally:
         reader.close()
