@@ -24,7 +24,7 @@ from typing import Annotated, Any, Literal, Protocol
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, Field
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field
 
 from retry.rows import InvalidQuery, RetryFilter, RetryRow, RetrySummary
 from retry.store import CANCELLABLE_STATES, MAX_PAGE, REQUEUEABLE_STATES, RetryStore
@@ -35,6 +35,18 @@ RetryState = Literal["PENDING", "IN_PROGRESS", "SUCCEEDED", "DEAD", "CANCELLED"]
 MAX_BULK = 10_000
 _UNPROCESSABLE = 422  # named differently across Starlette versions
 _ACTOR_UNSAFE = re.compile(r"[^\w.@:+ -]")
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def _not_a_number(value: object) -> object:
+    # pydantic reads a bare number as Unix time, but the published contract is an RFC 3339
+    # date-time; an offset is required too (AwareDatetime), as the table stores timestamptz.
+    if isinstance(value, int | float) or (isinstance(value, str) and _NUMBER.fullmatch(value)):
+        raise ValueError("expected an RFC 3339 date-time with a UTC offset")
+    return value
+
+
+Timestamp = Annotated[AwareDatetime, BeforeValidator(_not_a_number)]
 
 
 class AdminBreaker(Protocol):
@@ -106,8 +118,8 @@ class BulkReprocess(BaseModel):
     )
     error_class: str | None = None
     key: str | None = None
-    created_from: datetime | None = None
-    created_to: datetime | None = None
+    created_from: Timestamp | None = None
+    created_to: Timestamp | None = None
     dry_run: bool = False
     limit: int = Field(default=1000, ge=1, le=MAX_BULK)
 
@@ -132,6 +144,42 @@ class BreakerForce(BaseModel):
     force: Literal["OPEN", "CLOSED"] | None = Field(
         description="Hold the breaker OPEN or CLOSED; null gives it back to automatic control"
     )
+
+
+class ErrorOut(BaseModel):
+    detail: str
+
+
+class FieldError(BaseModel):
+    """One item of FastAPI's validation error list (it may carry more keys, e.g. input)."""
+
+    model_config = ConfigDict(extra="allow")
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class Unprocessable(BaseModel):
+    """422: a list for schema violations, a sentence for rule violations (a bad cursor,
+    created_from after created_to)."""
+
+    detail: str | list[FieldError]
+
+
+Responses = dict[int | str, dict[str, Any]]
+_UNAUTHORIZED: Responses = {
+    401: {
+        "model": ErrorOut,
+        "description": "Missing or wrong bearer token",
+        "headers": {"WWW-Authenticate": {"schema": {"type": "string"}}},
+    },
+    _UNPROCESSABLE: {"model": Unprocessable, "description": "Invalid request"},
+}
+_NO_ROW: Responses = {404: {"model": ErrorOut, "description": "No such retry row"}}
+_CONFLICT: Responses = {
+    409: {"model": ErrorOut, "description": "The row is not in a state for this"}
+}
+_NO_BREAKER: Responses = {404: {"model": ErrorOut, "description": "No breaker is configured"}}
 
 
 def _item(row: RetrySummary) -> RetryItem:
@@ -238,7 +286,7 @@ def make_admin_router(
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"no retry row {row_id}")
         return row
 
-    router = APIRouter(prefix=prefix, tags=["admin"])
+    router = APIRouter(prefix=prefix, tags=["admin"], responses=_UNAUTHORIZED)
 
     @router.get("/retries", response_model=RetryPage)
     async def list_retries(
@@ -246,8 +294,8 @@ def make_admin_router(
         state: Annotated[list[RetryState], Query()] = [],  # noqa: B006 (FastAPI copies it)
         error_class: str | None = None,
         key: str | None = None,
-        created_from: datetime | None = None,
-        created_to: datetime | None = None,
+        created_from: Timestamp | None = None,
+        created_to: Timestamp | None = None,
         cursor: str | None = None,
         limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
     ) -> RetryPage:
@@ -259,13 +307,15 @@ def make_admin_router(
         audit(AdminAction(who, "list", len(page.items)))
         return RetryPage(items=[_item(r) for r in page.items], next_cursor=page.next_cursor)
 
-    @router.get("/retries/{row_id}", response_model=RetryDetail)
+    @router.get("/retries/{row_id:int}", response_model=RetryDetail, responses=_NO_ROW)
     async def get_retry(row_id: RowId, who: Actor) -> RetryDetail:
         row = await existing(row_id)
         audit(AdminAction(who, "get", 1, target=str(row_id)))
         return _detail(row)
 
-    @router.post("/retries/{row_id}/reprocess", response_model=RetryItem)
+    @router.post(
+        "/retries/{row_id:int}/reprocess", response_model=RetryItem, responses=_NO_ROW | _CONFLICT
+    )
     async def reprocess_one(row_id: RowId, who: Actor) -> RetryItem:
         row = await existing(row_id)
         if row.state not in REQUEUEABLE_STATES:
@@ -292,7 +342,9 @@ def make_admin_router(
             matched=result.matched, requeued=result.requeued, dry_run=body.dry_run, limit=body.limit
         )
 
-    @router.post("/retries/{row_id}/cancel", response_model=RetryItem)
+    @router.post(
+        "/retries/{row_id:int}/cancel", response_model=RetryItem, responses=_NO_ROW | _CONFLICT
+    )
     async def cancel(row_id: RowId, who: Actor, body: CancelRequest | None = None) -> RetryItem:
         row = await existing(row_id)
         if row.state not in CANCELLABLE_STATES or not await store.cancel(
@@ -310,11 +362,11 @@ def make_admin_router(
             raise HTTPException(status.HTTP_404_NOT_FOUND, "no breaker is configured")
         return BreakerView(state=await breaker.state(), snapshot=dict(await breaker.snapshot()))
 
-    @router.get("/breaker", response_model=BreakerView)
+    @router.get("/breaker", response_model=BreakerView, responses=_NO_BREAKER)
     async def get_breaker(who: Actor) -> BreakerView:
         return await view()
 
-    @router.post("/breaker", response_model=BreakerView)
+    @router.post("/breaker", response_model=BreakerView, responses=_NO_BREAKER)
     async def force_breaker(body: BreakerForce, who: Actor) -> BreakerView:
         if breaker is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, "no breaker is configured")

@@ -17,13 +17,14 @@ from uuid import UUID
 from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from outbox.store import OutboxEvent, add_events
+from services.common.http_errors import install_error_handlers
 from services.common.tracing import continue_trace, trace_id_of
 from services.reservation import db
 from services.reservation.domain import (
@@ -87,6 +88,21 @@ class OrderPage(BaseModel):
 
 class ErrorOut(BaseModel):
     detail: str
+
+
+class FieldError(BaseModel):
+    """One item of FastAPI's validation error list (it may carry more keys, e.g. input)."""
+
+    model_config = ConfigDict(extra="allow")
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class Unprocessable(BaseModel):
+    """422: a list for schema violations, a sentence for rule violations."""
+
+    detail: str | list[FieldError]
 
 
 class BodySizeLimit:
@@ -153,6 +169,7 @@ def create_api(
         description="Place orders; a resilient Kafka consumer reserves their stock.",
     )
     app.state.engine = engine
+    install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
 
     @app.middleware("http")
@@ -171,6 +188,7 @@ def create_api(
     app.include_router(router)
     if admin_router is not None:
         app.include_router(admin_router)
+    _document_body_errors(app, max_body_bytes)
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics_endpoint() -> Response:
@@ -196,6 +214,37 @@ def create_api(
         return {"status": "ready"}
 
     return app
+
+
+def _document_body_errors(app: FastAPI, max_bytes: int) -> None:
+    """Every operation that takes a body can answer 400 (FastAPI: a body it cannot parse)
+    and 413 (BodySizeLimit wraps the whole app, routers included), so the app documents
+    both in its OpenAPI document rather than each router on each route."""
+    build = app.openapi
+    content = {"application/json": {"schema": _DETAIL_SCHEMA}}
+    errors = {
+        "400": {"description": "A body that cannot be parsed", "content": content},
+        "413": {"description": f"Request body over {max_bytes} bytes", "content": content},
+    }
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()
+            for operations in schema.get("paths", {}).values():
+                for operation in operations.values():
+                    if "requestBody" in operation:
+                        for status, response in errors.items():
+                            operation["responses"].setdefault(status, response)
+        return app.openapi_schema or build()
+
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented override
+
+
+_DETAIL_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"detail": {"type": "string"}},
+    "required": ["detail"],
+}
 
 
 async def _connection(request: Request) -> AsyncIterator[AsyncConnection]:
@@ -224,7 +273,9 @@ def _orders_router(engine: AsyncEngine, metrics: ApiMetrics, topic: str) -> APIR
         "",
         status_code=202,
         response_model=OrderOut,
-        responses={422: {"description": "invalid body, or Idempotency-Key reused"}},
+        responses={
+            422: {"model": Unprocessable, "description": "Invalid body, or Idempotency-Key reused"}
+        },
         summary="Place an order; its stock is reserved asynchronously",
     )
     async def place_order(

@@ -19,8 +19,8 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import SecretStr
 
+from services.common.http_errors import install_error_handlers
 from services.warehouse_mock.admin import admin_router
-from services.warehouse_mock.errors import install_error_handlers
 from services.warehouse_mock.faults import FaultDecision, FaultInjector, FaultKind
 from services.warehouse_mock.middleware import BodySizeLimit, RequestRecorder
 from services.warehouse_mock.models import (

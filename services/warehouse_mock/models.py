@@ -8,22 +8,35 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from services.warehouse_mock.stock import Reservation, ReservationStatus
 
 MAX_ITEMS = 100
 
 
+def _unicode(value: str) -> str:
+    # JSON may escape a lone surrogate ("\ud800"); Python decodes it to a str that cannot be
+    # encoded as UTF-8, so echoing it in the response crashed into a 500.
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode text (no lone surrogates)") from None
+    return value
+
+
+Text = Annotated[str, AfterValidator(_unicode)]
+
+
 class ItemLine(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
-    sku: Annotated[str, Field(min_length=1, max_length=100)]
+    sku: Annotated[Text, Field(min_length=1, max_length=100)]
     quantity: Annotated[int, Field(gt=0, le=1_000_000)]
 
 
 class ReservationRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
-    order_id: Annotated[str, Field(min_length=1, max_length=200)]
+    order_id: Annotated[Text, Field(min_length=1, max_length=200)]
     items: Annotated[list[ItemLine], Field(min_length=1, max_length=MAX_ITEMS)]
 
 

@@ -1,7 +1,9 @@
-"""Error responses that FastAPI's defaults get wrong for this API's published contract.
+"""Error responses that FastAPI's defaults get wrong for a published contract; every
+HTTP service installs them with `install_error_handlers(app)`.
 
-- Validation errors echo the bad input. Python's JSON parser accepts ``NaN`` and ``1e400``,
-  which cannot be encoded back into JSON, so the default 422 handler crashed into a 500.
+- Validation errors echo the bad input. Python's JSON parser accepts ``NaN``, ``1e400``,
+  lone surrogate escapes (``"\\ud800"``) and nesting thousands deep; echoing any of them
+  back crashed the default 422 handler into a 500.
 - A 405 must name in ``Allow`` every method of the path, not only the first route's.
 """
 
@@ -19,6 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import Scope
 
+_MAX_ECHO_DEPTH = 12
 _METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
 
 
@@ -27,21 +30,25 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _http_error)
 
 
-def _json_safe(value: Any) -> Any:
+def _json_safe(value: Any, depth: int = 0) -> Any:
+    """The echoed input made encodable: bounded depth, finite floats, valid UTF-8."""
+    if isinstance(value, dict | list | tuple) and depth > _MAX_ECHO_DEPTH:
+        # Echoing a 3000-deep body recursed past Python's limit: a 500 instead of a 422.
+        return "..."
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
     if isinstance(value, dict):
-        return {key: _json_safe(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_json_safe(item) for item in value]
+        return {_json_safe(k): _json_safe(item, depth + 1) for k, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(item, depth + 1) for item in value]
     return value
 
 
 async def _validation_failed(request: Request, exc: Exception) -> JSONResponse:
-    # FastAPI's default handler echoes the bad input; Python's json parser accepts NaN and
-    # 1e400, and echoing those back cannot be encoded as JSON, which became a 500.
     errors = exc.errors() if isinstance(exc, RequestValidationError) else []
-    return JSONResponse(status_code=422, content={"detail": _json_safe(jsonable_encoder(errors))})
+    return JSONResponse(status_code=422, content={"detail": jsonable_encoder(_json_safe(errors))})
 
 
 def _routable(request: Request, method: str) -> bool:
@@ -59,8 +66,8 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     if not isinstance(exc, StarletteHTTPException):  # registered for that type only
         raise exc
     if exc.status_code == 405:
-        # Starlette names only the methods of the first route matching the path, but GET and
-        # PUT /admin/faults are separate routes: Allow must name every method of the path.
+        # Starlette names only the methods of the first route matching the path, but one
+        # path often has several routes (GET and POST /orders): Allow must name them all.
         allowed = [method for method in _METHODS if _routable(request, method)]
         if allowed:
             exc.headers = {**(exc.headers or {}), "Allow": ", ".join(allowed)}
