@@ -19,6 +19,9 @@ def settings_config() -> SettingsConfigDict:
         env_prefix=ENV_PREFIX,
         env_nested_delimiter="__",
         extra="ignore",
+        # A validation error otherwise quotes the input, and the input of a model-wide
+        # check is every setting, the database URL's password included.
+        hide_input_in_errors=True,
     )
 
 
@@ -40,7 +43,8 @@ class AdminAuth(BaseModel):
 
     @model_validator(mode="after")
     def _require_token(self) -> AdminAuth:
-        if self.admin_token is None or not self.admin_token.get_secret_value():
+        # A blank token is a forgotten one: "Bearer " with spaces must not open the API.
+        if self.admin_token is None or not self.admin_token.get_secret_value().strip():
             if not self.dev_mode:
                 raise ValueError(
                     "STEADFAST_ADMIN_TOKEN is required (set STEADFAST_DEV_MODE=true to run "

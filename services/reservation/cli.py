@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import click
+from pydantic import ValidationError
+from pydantic_settings import BaseSettings
 
 from services.common.logs import configure_logging
 from services.common.tracing import setup_tracing
@@ -14,7 +18,7 @@ def api() -> None:
     from services.reservation.app import run_api
     from services.reservation.settings import ApiSettings
 
-    settings = ApiSettings()
+    settings = _settings(ApiSettings)
     _setup("reservation-api", settings.log_level)
     run_api(settings)
 
@@ -25,7 +29,7 @@ def relay() -> None:
     from services.reservation.relay_process import run_relay
     from services.reservation.settings import RelaySettings
 
-    settings = RelaySettings()
+    settings = _settings(RelaySettings)
     _setup("outbox-relay", settings.log_level)
     run_relay(settings)
 
@@ -36,7 +40,7 @@ def consumer() -> None:
     from services.reservation.app import run_consumer
     from services.reservation.settings import ConsumerSettings
 
-    settings = ConsumerSettings()
+    settings = _settings(ConsumerSettings)
     _setup("reservation-consumer", settings.log_level, ORDER_KEY)
     run_consumer(settings)
 
@@ -47,7 +51,7 @@ def scheduler() -> None:
     from services.reservation.app import run_scheduler
     from services.reservation.settings import SchedulerSettings
 
-    settings = SchedulerSettings()
+    settings = _settings(SchedulerSettings)
     _setup("retry-scheduler", settings.log_level, ORDER_KEY)
     run_scheduler(settings)
 
@@ -64,6 +68,17 @@ def migrate(database_url: str) -> None:
 
 # The order topic is keyed by order id, so the retry engine's message key is the order id.
 ORDER_KEY = {"labels.message_key": "labels.order_id"}
+
+
+S = TypeVar("S", bound=BaseSettings)
+
+
+def _settings(cls: type[S]) -> S:
+    """Build the settings, or exit non-zero with what is wrong (no traceback)."""
+    try:
+        return cls()
+    except ValidationError as exc:
+        raise click.ClickException(f"invalid configuration:\n{exc}") from exc
 
 
 def _setup(service: str, level: str, aliases: dict[str, str] | None = None) -> None:

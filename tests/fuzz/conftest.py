@@ -1,9 +1,4 @@
-"""The two HTTP services as their entry points build them, for schema-driven fuzzing.
-
-The reservation API runs on a fresh migrated database with the retry admin router and the
-real shared breaker; the warehouse mock runs with faults off. Schemathesis calls both
-in-process (its ASGI transport shares one event loop thread across calls), so the engine
-uses NullPool: no pooled connection can outlive the loop that opened it.
+"""Fixtures for schema-driven fuzzing (builders in tests/fuzz/apps.py).
 
 The schemas are loaded at import time from apps that are never called (schemathesis's
 `from_fixture` is broken under pytest 9: it writes `Function._nodeid`); each test then
@@ -12,60 +7,13 @@ sends its calls to the app its fixture built, with `call_and_validate(app=...)`.
 
 from __future__ import annotations
 
-import random
-
 import pytest
 from fastapi import FastAPI
-from prometheus_client import CollectorRegistry
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlalchemy.pool import NullPool
 
-from local.infra import sqlalchemy_url
-from retry.admin import make_admin_router
-from retry.breaker import CircuitBreaker
-from retry.store import RetryStore
-from services.reservation.api import create_api
-from services.reservation.handler import order_of_cancelled_message
-from services.warehouse_mock.app import create_app
-from services.warehouse_mock.settings import WarehouseMockSettings
-
-TOKEN = "fuzz-admin-token"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
-MAX_BODY_BYTES = 64 * 1024
-
-
-def reservation_api(engine: AsyncEngine) -> FastAPI:
-    """Wired like `services.reservation.app.run_api`."""
-    admin = make_admin_router(
-        RetryStore(engine),
-        token=TOKEN,
-        breaker=CircuitBreaker(engine, name="warehouse", instance_id="fuzz"),
-        on_cancel=order_of_cancelled_message(engine),
-    )
-    return create_api(
-        engine=engine,
-        registry=CollectorRegistry(),
-        topic="orders",
-        max_body_bytes=MAX_BODY_BYTES,
-        admin_router=admin,
-    )
-
-
-def reservation_api_for_docs() -> FastAPI:
-    # Creating an engine opens no connection; this app only serves /openapi.json.
-    return reservation_api(create_async_engine("postgresql+psycopg://docs-only/none"))
-
-
-def warehouse_mock(*, max_body_bytes: int = 4096) -> FastAPI:
-    settings = WarehouseMockSettings(
-        admin_token=TOKEN,
-        warehouse_stock={"SKU-A": 5, "SKU-B": 1},
-        warehouse_max_body_bytes=max_body_bytes,
-    )
-    return create_app(settings, rng=random.Random(0))
+from tests.fuzz.apps import reservation_app_on
 
 
 @pytest.fixture
 def reservation_app(database_url: str) -> FastAPI:
-    # NullPool holds no connections, so there is nothing to dispose afterwards.
-    return reservation_api(create_async_engine(sqlalchemy_url(database_url), poolclass=NullPool))
+    """The reservation API on a fresh migrated database."""
+    return reservation_app_on(database_url)

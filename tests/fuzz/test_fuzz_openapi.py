@@ -13,7 +13,7 @@ import schemathesis
 from fastapi import FastAPI
 from hypothesis import HealthCheck, settings
 
-from tests.fuzz.conftest import AUTH, reservation_api_for_docs, warehouse_mock
+from tests.fuzz.apps import AUTH, reservation_api_for_docs, warehouse_mock
 
 FUZZ = settings(
     max_examples=15, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck)

@@ -17,7 +17,7 @@ from fastapi import FastAPI
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.fuzz.conftest import AUTH, reservation_api_for_docs, warehouse_mock
+from tests.fuzz.apps import AUTH, reservation_api_for_docs, warehouse_mock
 
 SETTINGS = settings(
     max_examples=30, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck)
