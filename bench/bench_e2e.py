@@ -1,0 +1,286 @@
+"""End to end: the whole stack (launcher, every process) driven by `steadfast-load`.
+
+Two measurements on one stack, after a warm-up run:
+
+- **throughput**: N closed-loop clients place healthy orders for D seconds; the figure
+  is *final orders per second*, from the first order's creation to the last one's
+  finalisation (the rate the pipeline turns orders into RESERVED, not just the rate the
+  API accepts them);
+- **latency**: an open-loop 300 orders/s for D seconds; the figure is p99 of placement
+  (the order's `created_at`) to RESERVED (its `finalized_at`), both database times.
+
+Every order must end final, with no duplicate reservation at the warehouse. With
+`--profile`, py-spy samples the API, relay, consumer and warehouse during the throughput
+run and writes flame graphs (SVG) next to the JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from bench.common import (
+    RESULTS_DIR,
+    STATE_DIR,
+    BenchInfra,
+    BenchResult,
+    RssSampler,
+    Target,
+    bench_infra,
+    report,
+    run_bounded,
+)
+from local.load.report import Summary, print_summary
+from local.load.run import LoadConfig, run_load
+from local.load.runner import Budget
+from local.load.target import Target as LoadTarget
+from local.load.workload import Mix
+
+NAME = "e2e"
+TARGET_ORDERS_PER_SECOND = 1_500
+LATENCY_RATE = 300.0
+TARGET_P99_MS = 300.0
+LAUNCHER = Path(sys.executable).parent / "steadfast-local"
+PROFILED = ("api-1", "relay-1", "consumer-1", "warehouse-1")
+
+
+class Stack:
+    """`steadfast-local run` on the bench's database and broker, stopped on exit."""
+
+    def __init__(self, infra: BenchInfra, state_dir: Path, env: dict[str, str]) -> None:
+        shutil.rmtree(state_dir, ignore_errors=True)
+        state_dir.mkdir(parents=True)
+        self.endpoints_path = state_dir / "run" / "endpoints.json"
+        self.log_path = infra.log_dir / "stack.log"
+        with self.log_path.open("wb") as out:
+            self.process = subprocess.Popen(
+                [str(LAUNCHER), "run", "--state-dir", str(state_dir), "--no-prometheus"],
+                env=infra.env(env),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        self.endpoints: dict[str, Any] = {}
+
+    def ready(self) -> bool:
+        if self.process.poll() is not None:
+            raise RuntimeError(f"launcher exited early:\n{self.tail()}")
+        with contextlib.suppress(OSError, ValueError):
+            data = json.loads(self.endpoints_path.read_text())
+            if data.get("launcher_pid") == self.process.pid and data.get("ready"):
+                self.endpoints = data
+                return True
+        return False
+
+    def tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+
+
+@contextlib.contextmanager
+def running_stack(infra: BenchInfra, log_level: str) -> Iterator[Stack]:
+    stack = Stack(infra, STATE_DIR / NAME / "stack", {"STEADFAST_LOG_LEVEL": log_level})
+    try:
+        run_bounded(stack.ready, timeout=90, what="stack ready", interval=0.2)
+        yield stack
+    finally:
+        stack.stop()
+
+
+def load_target(stack: Stack, topic: str) -> LoadTarget:
+    e = stack.endpoints
+    return LoadTarget(
+        api=e["reservation_api"],
+        warehouse=e["warehouse_mock"],
+        admin_token=e["admin_token"],
+        kafka_bootstrap=e["kafka_bootstrap_servers"],
+        topic=topic,
+    )
+
+
+def load(target: LoadTarget, console: Console | None, **kwargs: Any) -> Summary:
+    rate = kwargs.pop("rate", None)
+    count = kwargs.pop("count", None)
+    seconds = kwargs.pop("seconds", None)
+    config = LoadConfig(
+        target=target,
+        mix=Mix.parse("healthy=100"),
+        budget=Budget.of(count, seconds, rate),
+        rate=rate,
+        settle_timeout=120.0,
+        poll_interval=1.0,
+        **kwargs,
+    )
+    return asyncio.run(run_load(config, console=console))
+
+
+@contextlib.contextmanager
+def profiled(pids: dict[str, int], seconds: float, out_dir: Path | None) -> Iterator[None]:
+    """py-spy record of each process for `seconds`, when asked for and installed."""
+    spy = os.environ.get("PY_SPY") or shutil.which("py-spy")
+    if out_dir is None or not spy:
+        yield
+        return
+    out_dir.mkdir(parents=True, exist_ok=True)
+    procs = [
+        subprocess.Popen(
+            [spy, "record", "-p", str(pid), "-d", str(int(seconds)), "-r", "50", "--nonblocking",
+             "-o", str(out_dir / f"{name}.svg")],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for name, pid in pids.items()
+        if name in PROFILED
+    ]  # fmt: skip
+    try:
+        yield
+    finally:
+        for proc in procs:
+            try:
+                proc.wait(seconds + 30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def run(
+    *,
+    clients: int = 64,
+    seconds: float = 20.0,
+    latency_rate: float = LATENCY_RATE,
+    warmup: int = 500,
+    log_level: str = "WARNING",
+    profile_dir: Path | None = None,
+    broker: str | None = None,
+    quiet: bool = False,
+) -> tuple[BenchResult, Summary, Summary]:
+    console = None if quiet else Console(stderr=True)
+    with bench_infra(NAME, broker=broker) as infra, running_stack(infra, log_level) as stack:
+        pids = {name: int(pid) for name, pid in stack.endpoints["pids"].items()}
+        target = load_target(stack, infra.topic)
+        with RssSampler(pids) as rss:
+            # Pools, the consumer group's assignment and the relay's first claim are
+            # start-up costs, not throughput.
+            load(target, None, concurrency=16, count=warmup)
+            with profiled(pids, seconds, profile_dir):
+                throughput = load(target, console, concurrency=clients, seconds=seconds)
+            latency = load(target, console, rate=latency_rate, seconds=seconds)
+            peak = rss.peak_mb()
+        load_average = os.getloadavg()
+    p99 = latency.reserved_latency_ms.get("p99", float("inf"))
+    result = BenchResult(
+        name=NAME,
+        metric="orders/s",
+        value=throughput.final_per_second,
+        target=Target.at_least(TARGET_ORDERS_PER_SECOND),
+        rss_mb=peak,
+        broker=infra.broker_kind,
+        checks={
+            f"p99_reserved_under_{TARGET_P99_MS:.0f}ms_at_{latency_rate:.0f}_per_s": p99
+            < TARGET_P99_MS,
+            "nothing_lost": throughput.lost == 0 and latency.lost == 0,
+            "no_duplicates": not throughput.duplicates and not latency.duplicates,
+        },
+        details={
+            "clients": clients,
+            "seconds": seconds,
+            "log_level": log_level,
+            "load_average_after": [round(v, 2) for v in load_average],
+            "p99_reserved_ms_at_latency_rate": p99,
+            "throughput_run": throughput.to_json(),
+            "latency_run": latency.to_json(),
+        },
+    )
+    return result, throughput, latency
+
+
+def figures_table(result: BenchResult, throughput: Summary, latency: Summary) -> Table:
+    table = Table(title="bench e2e: figures")
+    for column in ("measurement", "measured", "target", "met"):
+        table.add_column(column, justify="right" if column == "measured" else "left")
+    p99 = latency.reserved_latency_ms.get("p99", float("nan"))
+    rows = [
+        (
+            f"sustained orders/s ({throughput.concurrency} clients, final/s)",
+            f"{throughput.final_per_second:,.0f}",
+            f">= {TARGET_ORDERS_PER_SECOND:,}",
+            throughput.final_per_second >= TARGET_ORDERS_PER_SECOND,
+        ),
+        (
+            "  accepted by the API (placed/s)",
+            f"{throughput.placed_per_second:,.0f}",
+            "",
+            None,
+        ),
+        (
+            f"p99 placement→RESERVED at {latency.target_rate:g}/s (ms)",
+            f"{p99:,.0f}",
+            f"< {TARGET_P99_MS:.0f}",
+            p99 < TARGET_P99_MS,
+        ),
+        (
+            "  achieved rate (placed/s), p50 / p95 ms",
+            f"{latency.placed_per_second:,.0f}",
+            f"{latency.reserved_latency_ms.get('p50', 0):.0f} / "
+            f"{latency.reserved_latency_ms.get('p95', 0):.0f}",
+            None,
+        ),
+    ]
+    for label, measured, target, met in rows:
+        verdict = "" if met is None else ("[green]yes" if met else "[red]no")
+        table.add_row(label, measured, target, verdict)
+    return table
+
+
+def main(argv: list[str] | None = None) -> BenchResult:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--clients", type=int, default=64, help="throughput run's clients")
+    parser.add_argument("--seconds", type=float, default=20.0, help="length of each run")
+    parser.add_argument("--rate", type=float, default=LATENCY_RATE, help="latency run's rate")
+    parser.add_argument("--warmup", type=int, default=500, help="orders before measuring")
+    parser.add_argument("--log-level", default="WARNING", help="the processes' log level")
+    parser.add_argument("--broker", choices=("noida", "tansu"), default=None)
+    parser.add_argument(
+        "--profile", action="store_true", help="py-spy flame graphs (PY_SPY or PATH)"
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+    result, throughput, latency = run(
+        clients=args.clients,
+        seconds=args.seconds,
+        latency_rate=args.rate,
+        warmup=args.warmup,
+        log_level=args.log_level,
+        profile_dir=RESULTS_DIR / "profile-e2e" if args.profile else None,
+        broker=args.broker,
+        quiet=args.quiet,
+    )
+    console = Console()
+    for summary in (throughput, latency):
+        print_summary(summary, console)
+    console.print(figures_table(result, throughput, latency))
+    report(result)
+    return result
+
+
+if __name__ == "__main__":
+    main()
