@@ -1,0 +1,224 @@
+"""The chaos scenarios: orders flow through a warehouse failing 30% of calls while one
+thing breaks.
+
+One scenario per failure: kill -9 of the consumer (on Tansu, with a second consumer in the
+group), of the relay, of the scheduler and of the API in mid-request; a broker restart
+(noida-db, which persists), a PostgreSQL restart, a warehouse outage, and duplicate
+delivery (a partition replayed from offset 0). Each ends with the same audit: no order
+lost, none reserved twice, every order final with a reason, nothing half-written, and no
+process that was left alone crashed or logged a traceback beyond expected connection
+errors. Killed processes are restarted by the test, as a supervisor would.
+
+STEADFAST_CHAOS_SCALE=full (`make chaos`) runs thousands of orders per scenario and the
+real 60 s outage; the default reduced scale runs inside `make test`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from tests.chaos.audit import ScenarioResult, audit
+from tests.chaos.harness import WAREHOUSE_FAULTS, ChaosStack, Scale, replay_partition
+from tests.chaos.load import LoadRunner
+
+Disrupt = Callable[[ChaosStack, LoadRunner, Scale], None]
+
+# What a process may log at ERROR with a traceback while the database or broker it talks
+# to is restarting: the connection failing is the expected part, anything else is a bug.
+CONNECTION_ERRORS = frozenset(
+    {
+        "OperationalError",
+        "InterfaceError",
+        "ConnectionRefusedError",
+        "ConnectionResetError",
+        "ConnectionError",
+        "BrokenPipeError",
+        "KafkaConnectionError",
+        "KafkaException",
+        "KafkaError",
+        "NodeNotReadyError",
+        "RequestTimedOutError",
+        "TimeoutError",
+    }
+)
+
+
+def nothing_expected(record: dict[str, Any]) -> bool:
+    return False
+
+
+def connection_errors(record: dict[str, Any]) -> bool:
+    return record.get("error.type") in CONNECTION_ERRORS
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    disrupt: Disrupt
+    at: float
+    """Share of the orders answered before the disruption starts."""
+    broker: str = "noida"
+    consumers: tuple[str, ...] = ("consumer",)
+    private_pg: bool = False
+    expected_errors: Callable[[dict[str, Any]], bool] = nothing_expected
+    after_drain: Callable[[ChaosStack, LoadRunner, Scale], dict[str, Any]] | None = None
+
+
+def kill_and_restart(name: str, pause: float = 1.0) -> Disrupt:
+    def disrupt(stack: ChaosStack, load: LoadRunner, scale: Scale) -> None:
+        stack.kill(name)
+        time.sleep(pause)  # a supervisor's restart delay
+        stack.restart(name)
+
+    return disrupt
+
+
+def kill_consumer(stack: ChaosStack, load: LoadRunner, scale: Scale) -> None:
+    # consumer-b takes the partitions over once consumer-a's session expires; consumer-a
+    # comes back a little later and the group rebalances again under load.
+    stack.kill("consumer-a")
+    time.sleep(3)
+    stack.restart("consumer-a")
+
+
+def kill_scheduler(stack: ChaosStack, load: LoadRunner, scale: Scale) -> None:
+    # Aim for a kill while the scheduler holds leases: parked retries in mid-redrive.
+    deadline = time.monotonic() + 10
+    leased = 0
+    while time.monotonic() < deadline and leased == 0:
+        leased = stack.query("SELECT count(*) FROM retry_messages WHERE state = 'IN_PROGRESS'")[0][
+            0
+        ]
+        time.sleep(0.02)
+    stack.note(f"{leased} retry rows leased at the kill")
+    kill_and_restart("scheduler")(stack, load, scale)
+
+
+def kill_api(stack: ChaosStack, load: LoadRunner, scale: Scale) -> None:
+    # Twice, with requests in flight each time; clients retry with the same key meanwhile.
+    for generation, share in (("api", 0.0), ("api.2", 0.3)):
+        load.wait_answered(load.answered + int(share * load.total), 60)
+        stack.note(f"{load.in_flight} requests in flight at the kill")
+        stack.kill(generation)
+        time.sleep(1.0)
+        stack.restart("api")
+
+
+def restart_broker(stack: ChaosStack, load: LoadRunner, scale: Scale) -> None:
+    stack.note("broker stop (SIGTERM)")
+    stack.broker.stop()
+    time.sleep(scale.down_seconds)
+    stack.broker.start()
+    stack.note("broker started")
+
+
+def restart_postgres(stack: ChaosStack, load: LoadRunner, scale: Scale) -> None:
+    assert stack.pg is not None
+    stack.note("postgres stop (fast)")
+    stack.pg.stop()
+    time.sleep(scale.down_seconds)
+    stack.pg._start()
+    stack.note("postgres started")
+
+
+def warehouse_outage(stack: ChaosStack, load: LoadRunner, scale: Scale) -> None:
+    stack.pipe.set_faults({"outage": True})
+    stack.note(f"warehouse outage for {scale.outage_seconds:.0f}s")
+    time.sleep(scale.outage_seconds)
+    stack.pipe.set_faults(WAREHOUSE_FAULTS)
+    stack.note("warehouse back at 30% failures")
+
+
+def replay_live(stack: ChaosStack, load: LoadRunner, scale: Scale) -> None:
+    replayed = replay_partition(stack.pipe.bootstrap, stack.pipe.topic, 0)
+    stack.note(f"replayed {replayed} records of partition 0 under load")
+
+
+def replay_after_drain(stack: ChaosStack, load: LoadRunner, scale: Scale) -> dict[str, Any]:
+    """Replay partition 0 again once everything is final: each record must be recognised
+    as already done, with no new warehouse call."""
+    before = stack.pipe.warehouse_stats()["calls"]["by_route"]["POST /reservations"]
+    replayed = replay_partition(stack.pipe.bootstrap, stack.pipe.topic, 0)
+    stack.note(f"replayed {replayed} records of partition 0 after the drain")
+    deadline = time.monotonic() + scale.drain_timeout
+    while any(stack.pipe.lag().values()):
+        assert time.monotonic() < deadline, f"replay not consumed: lag {stack.pipe.lag()}"
+        stack.assert_running()
+        time.sleep(0.5)
+    duplicates = sum(
+        1
+        for proc in stack.procs.values()
+        for r in proc.logs()
+        if r.get("event.action") == "message_duplicate"
+    )
+    assert duplicates >= replayed, f"{duplicates} duplicates ignored, {replayed} replayed"
+    after = stack.pipe.warehouse_stats()["calls"]["by_route"]["POST /reservations"]
+    assert after == before, f"replayed events called the warehouse again: {before} → {after}"
+    return {"replayed_after_drain": replayed, "duplicates_ignored": duplicates}
+
+
+PROCESS_KILLS = [
+    Scenario(
+        "consumer-failover",
+        kill_consumer,
+        at=0.3,
+        broker="tansu",
+        consumers=("consumer-a", "consumer-b"),
+    ),
+    Scenario("relay-kill", kill_and_restart("relay"), at=0.4),
+    Scenario("scheduler-kill", kill_scheduler, at=0.5),
+    Scenario("api-kill", kill_api, at=0.25),
+]
+INFRASTRUCTURE = [
+    Scenario("broker-restart", restart_broker, at=0.3, expected_errors=connection_errors),
+    Scenario(
+        "postgres-restart",
+        restart_postgres,
+        at=0.3,
+        private_pg=True,
+        expected_errors=connection_errors,
+    ),
+    Scenario("warehouse-outage", warehouse_outage, at=0.25),
+    Scenario("duplicate-delivery", replay_live, at=0.5, after_drain=replay_after_drain),
+]
+
+
+def run(
+    scenario: Scenario,
+    chaos_stack: Callable[..., ChaosStack],
+    chaos_scale: Scale,
+    chaos_results: list[ScenarioResult],
+) -> None:
+    """Start the stack, offer the orders, break one thing, drain, audit."""
+    started = time.monotonic()
+    stack = chaos_stack(broker=scenario.broker, private_pg=scenario.private_pg)
+    stack.start_all(consumers=scenario.consumers)
+    load = LoadRunner(
+        base_url=stack.api_url,
+        prefix=scenario.name,
+        total=chaos_scale.orders,
+        rate=chaos_scale.rate,
+        concurrency=chaos_scale.concurrency,
+        client_deadline=chaos_scale.client_deadline,
+    ).start()
+    load.wait_answered(int(scenario.at * chaos_scale.orders), 120)
+    scenario.disrupt(stack, load, chaos_scale)
+    load.join(chaos_scale.client_deadline + chaos_scale.orders / chaos_scale.rate + 30)
+    drained = stack.wait_drained(load.acknowledged().values(), chaos_scale.drain_timeout)
+    stack.note(f"drained {drained:.1f}s after the last order was answered")
+    notes = scenario.after_drain(stack, load, chaos_scale) if scenario.after_drain else {}
+    result = audit(
+        stack,
+        load,
+        scenario=scenario.name,
+        drain_seconds=drained,
+        expected_errors=scenario.expected_errors,
+    )
+    result.notes.update(notes)
+    result.wall_seconds = round(time.monotonic() - started, 1)
+    chaos_results.append(result)
+    print(f"\n{scenario.name}: {result}")  # noqa: T201
+    assert not result.problems(), f"{result.problems()}\n{stack.tails()}"
