@@ -12,6 +12,8 @@ from typing import Any
 from tests.chaos.harness import FINAL, ChaosStack
 from tests.chaos.load import LoadRunner
 
+RESULTS_PATH = Path(__file__).resolve().parents[2] / "results" / "chaos.json"
+
 
 @dataclass
 class ScenarioResult:

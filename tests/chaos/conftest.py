@@ -14,10 +14,9 @@ import pytest
 
 import migrations
 from local import infra
-from tests.chaos.audit import ScenarioResult, table, write_json
+from tests.chaos.audit import RESULTS_PATH, ScenarioResult, table, write_json
 from tests.chaos.harness import ChaosStack, Scale, build_stack, scale_from_env
 
-RESULTS_PATH = Path(__file__).resolve().parents[2] / "results" / "chaos.json"
 _RESULTS = pytest.StashKey[list[ScenarioResult]]()
 
 

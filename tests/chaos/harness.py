@@ -16,7 +16,7 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -77,11 +77,17 @@ SCALES = {
 }
 
 
+ORDERS_ENV = "STEADFAST_CHAOS_ORDERS"
+
+
 def scale_from_env() -> Scale:
+    """The named scale; STEADFAST_CHAOS_ORDERS overrides its orders per scenario (a full
+    run with fewer orders on a machine other work is slowing down)."""
     name = os.environ.get(SCALE_ENV, "reduced")
     if name not in SCALES:
         raise ValueError(f"{SCALE_ENV}={name!r}: choose one of {', '.join(SCALES)}")
-    return SCALES[name]
+    orders = os.environ.get(ORDERS_ENV)
+    return replace(SCALES[name], orders=int(orders)) if orders else SCALES[name]
 
 
 # Short windows, delays and leases, so a killed process's work comes back in seconds; many

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from tests.chaos.audit import ScenarioResult, audit
+from tests.chaos.audit import RESULTS_PATH, ScenarioResult, audit, write_json
 from tests.chaos.harness import WAREHOUSE_FAULTS, ChaosStack, Scale, replay_partition
 from tests.chaos.load import LoadRunner
 
@@ -220,5 +220,8 @@ def run(
     result.notes.update(notes)
     result.wall_seconds = round(time.monotonic() - started, 1)
     chaos_results.append(result)
+    if chaos_scale.name == "full":
+        # After every scenario, so a run cut short still leaves what it measured.
+        write_json(RESULTS_PATH, chaos_scale.name, chaos_results)
     print(f"\n{scenario.name}: {result}")  # noqa: T201
     assert not result.problems(), f"{result.problems()}\n{stack.tails()}"
