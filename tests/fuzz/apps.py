@@ -12,6 +12,7 @@ import random
 
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
+from pydantic import SecretStr
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
@@ -53,7 +54,7 @@ def reservation_api_for_docs() -> FastAPI:
 
 def warehouse_mock(*, max_body_bytes: int = 4096) -> FastAPI:
     settings = WarehouseMockSettings(
-        admin_token=TOKEN,
+        admin_token=SecretStr(TOKEN),
         warehouse_stock={"SKU-A": 5, "SKU-B": 1},
         warehouse_max_body_bytes=max_body_bytes,
     )

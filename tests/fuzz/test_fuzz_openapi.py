@@ -8,6 +8,8 @@ CI sees the same inputs every time, and a failure reproduces locally.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import schemathesis
 from fastapi import FastAPI
@@ -70,12 +72,12 @@ warehouse = schemathesis.openapi.from_asgi("/openapi.json", WAREHOUSE, config=CO
 @reservation.parametrize()
 @FUZZ
 def test_reservation_api_answers_as_documented(
-    case: schemathesis.Case, reservation_app: FastAPI
+    case: schemathesis.Case[Any], reservation_app: FastAPI
 ) -> None:
     case.call_and_validate(app=reservation_app, headers=AUTH)
 
 
 @warehouse.parametrize()
 @FUZZ
-def test_warehouse_mock_answers_as_documented(case: schemathesis.Case) -> None:
+def test_warehouse_mock_answers_as_documented(case: schemathesis.Case[Any]) -> None:
     case.call_and_validate(headers=AUTH)

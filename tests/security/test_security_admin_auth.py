@@ -51,7 +51,7 @@ def admin_operations(app: FastAPI) -> set[tuple[str, str]]:
         # "{row_id:int}" is the route's convertor; the document says "{row_id}".
         (method, re.sub(r":\w+}", "}", route.path))
         for route in _walk(list(app.router.routes))
-        for method in route.methods - {"HEAD"}
+        for method in (route.methods or set()) - {"HEAD"}
         if route.path.startswith(ADMIN_PREFIX)
     }
     for path, operations in app.openapi()["paths"].items():
@@ -74,7 +74,7 @@ def check_every_admin_route(app: FastAPI, expected: set[tuple[str, str]]) -> Non
     operations = admin_operations(app)
     assert operations >= expected, operations
     for method, path in sorted(operations):
-        body = {"json": {}} if method in ("POST", "PUT", "PATCH") else {}
+        body: dict[str, Any] = {"json": {}} if method in ("POST", "PUT", "PATCH") else {}
 
         anonymous = asyncio.run(call(app, method, path, **body))
         assert anonymous.status_code == 401, (method, path, anonymous.text)

@@ -43,14 +43,18 @@ jitters = st.floats(min_value=0.0, max_value=0.99)
 def policies(draw: st.DrawFn) -> RetryPolicy:
     base = draw(positive)
     cap = base * draw(st.floats(min_value=1.0, max_value=1000.0))
-    common = {"jitter": draw(jitters), "max_attempts": draw(st.integers(1, 40))}
+    jitter, attempts = draw(jitters), draw(st.integers(1, 40))
     kind = draw(st.sampled_from(["logarithmic", "exponential", "fixed"]))
     if kind == "logarithmic":
-        return LogarithmicPolicy(base_delay=base, max_delay=cap, **common)
+        return LogarithmicPolicy(
+            base_delay=base, max_delay=cap, jitter=jitter, max_attempts=attempts
+        )
     if kind == "exponential":
         factor = draw(st.floats(min_value=1.0, max_value=10.0))
-        return ExponentialPolicy(base_delay=base, factor=factor, max_delay=cap, **common)
-    return FixedPolicy(delay=base, **common)
+        return ExponentialPolicy(
+            base_delay=base, factor=factor, max_delay=cap, jitter=jitter, max_attempts=attempts
+        )
+    return FixedPolicy(delay=base, jitter=jitter, max_attempts=attempts)
 
 
 def ceiling(policy: RetryPolicy) -> float:
