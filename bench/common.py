@@ -176,7 +176,8 @@ def print_table(results: Sequence[BenchResult], title: str = "steadfast benchmar
         table.add_row(r.name, r.metric, f"{r.value:,.0f}", r.target.describe(), rss, verdict)
     # Benches print nothing else to stdout, so the table is the report (STYLE's T20 is
     # about logging in services; a CLI's own output belongs on stdout).
-    Console().print(table)
+    # Wide enough for a row per bench even when stdout is a pipe (rich falls back to 80).
+    Console(width=max(shutil.get_terminal_size((140, 24)).columns, 140)).print(table)
 
 
 def report(result: BenchResult) -> Path:
