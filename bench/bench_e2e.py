@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 from rich.console import Console
 from rich.table import Table
 
@@ -134,6 +135,46 @@ def load(target: LoadTarget, console: Console | None, **kwargs: Any) -> Summary:
     return asyncio.run(run_load(config, console=console))
 
 
+class CpuMeter:
+    """CPU seconds (user + system) each process spent between `start` and `stop`.
+
+    Unlike throughput, CPU time per order barely depends on what else the machine runs,
+    so it names the bottleneck even on a shared, oversubscribed box. PostgreSQL is
+    counted as the backends serving the bench's own database.
+    """
+
+    def __init__(self, pids: dict[str, int], database: str) -> None:
+        self._pids = {**pids, "load generator": os.getpid()}
+        self._database = database
+        self._start: dict[str, float] = {}
+        self.seconds: dict[str, float] = {}
+
+    def _sample(self) -> dict[str, float]:
+        found: dict[str, float] = {}
+        for name, pid in self._pids.items():
+            with contextlib.suppress(psutil.Error):
+                root = psutil.Process(pid)
+                tree = [root, *root.children(recursive=True)]
+                found[name] = sum(sum(p.cpu_times()[:2]) for p in tree)
+        postgres = 0.0
+        for proc in psutil.process_iter(["cmdline"]):
+            with contextlib.suppress(psutil.Error):
+                if f" {self._database} " in " ".join(proc.info["cmdline"] or []) + " ":
+                    postgres += sum(proc.cpu_times()[:2])
+        found["postgres"] = postgres
+        return found
+
+    def start(self) -> None:
+        self._start = self._sample()
+
+    def stop(self) -> None:
+        end = self._sample()
+        self.seconds = {k: end[k] - self._start.get(k, 0.0) for k in end}
+
+    def ms_per(self, orders: int) -> dict[str, float]:
+        return {k: round(1000 * v / orders, 2) for k, v in self.seconds.items()} if orders else {}
+
+
 @contextlib.contextmanager
 def profiled(pids: dict[str, int], seconds: float, out_dir: Path | None) -> Iterator[None]:
     """py-spy record of each process for `seconds`, when asked for and installed."""
@@ -181,12 +222,18 @@ def run(
             # Pools, the consumer group's assignment and the relay's first claim are
             # start-up costs, not throughput.
             load(target, None, concurrency=16, count=warmup)
+            cpu = CpuMeter(pids, infra.database_url.rsplit("/", 1)[-1])
+            load_before = os.getloadavg()
             with profiled(pids, seconds, profile_dir):
+                cpu.start()
                 throughput = load(target, console, concurrency=clients, seconds=seconds)
+                cpu.stop()
             latency = load(target, console, rate=latency_rate, seconds=seconds)
             peak = rss.peak_mb()
         load_average = os.getloadavg()
     p99 = latency.reserved_latency_ms.get("p99", float("inf"))
+    cpu_ms = cpu.ms_per(throughput.placed)
+    pipeline_ms = sum(v for k, v in cpu_ms.items() if k != "load generator")
     result = BenchResult(
         name=NAME,
         metric="orders/s",
@@ -204,7 +251,15 @@ def run(
             "clients": clients,
             "seconds": seconds,
             "log_level": log_level,
+            "load_average_before": [round(v, 2) for v in load_before],
             "load_average_after": [round(v, 2) for v in load_average],
+            "cpu_ms_per_order": cpu_ms,
+            "pipeline_cpu_ms_per_order": round(pipeline_ms, 2),
+            # What 2 cores could do if the pipeline had them to itself: a ceiling, not a
+            # measurement (it ignores waits, and the load generator's own share).
+            "projected_orders_per_second_on_2_free_cores": round(2000 / pipeline_ms, 1)
+            if pipeline_ms
+            else None,
             "p99_reserved_ms_at_latency_rate": p99,
             "throughput_run": throughput.to_json(),
             "latency_run": latency.to_json(),
@@ -251,6 +306,21 @@ def figures_table(result: BenchResult, throughput: Summary, latency: Summary) ->
     return table
 
 
+def cpu_table(result: BenchResult) -> Table:
+    table = Table(title="bench e2e: CPU per order (throughput run)")
+    table.add_column("process")
+    table.add_column("CPU ms/order", justify="right")
+    cpu_ms: dict[str, float] = result.details["cpu_ms_per_order"]
+    for name, ms in sorted(cpu_ms.items(), key=lambda kv: -kv[1]):
+        table.add_row(name, f"{ms:.1f}")
+    table.add_row(
+        "pipeline (all but load generator)", f"{result.details['pipeline_cpu_ms_per_order']:.1f}"
+    )
+    projected = result.details["projected_orders_per_second_on_2_free_cores"]
+    table.add_row("→ ceiling on 2 free cores, orders/s", f"{projected:,.0f}" if projected else "-")
+    return table
+
+
 def main(argv: list[str] | None = None) -> BenchResult:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--clients", type=int, default=64, help="throughput run's clients")
@@ -278,6 +348,7 @@ def main(argv: list[str] | None = None) -> BenchResult:
     for summary in (throughput, latency):
         print_summary(summary, console)
     console.print(figures_table(result, throughput, latency))
+    console.print(cpu_table(result))
     report(result)
     return result
 
