@@ -44,6 +44,7 @@ from bench.common import (
     report,
     run_bounded,
 )
+from local import infra as local_infra
 from local.load.report import Summary, print_summary
 from local.load.run import LoadConfig, run_load
 from local.load.runner import Budget
@@ -96,6 +97,25 @@ class Stack:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(5)
+
+
+@contextlib.contextmanager
+def private_postgres(enabled: bool) -> Iterator[None]:
+    """An embedded PostgreSQL for this bench alone (STEADFAST_DATABASE_URL points at it).
+
+    On a shared machine the server on :5432 serves everyone's tests, and its 100
+    connections run out: a bench must not fail, or measure, because of that.
+    """
+    if not enabled or os.environ.get("STEADFAST_DATABASE_URL"):
+        yield
+        return
+    pg = local_infra.start_embedded_postgres(STATE_DIR / NAME / "postgres")
+    os.environ["STEADFAST_DATABASE_URL"] = pg.url
+    try:
+        yield
+    finally:
+        os.environ.pop("STEADFAST_DATABASE_URL", None)
+        pg.stop()
 
 
 @contextlib.contextmanager
@@ -154,7 +174,8 @@ class CpuMeter:
         for name, pid in self._pids.items():
             with contextlib.suppress(psutil.Error):
                 root = psutil.Process(pid)
-                tree = [root, *root.children(recursive=True)]
+                # This process alone: its children are the launcher, i.e. the stack.
+                tree = [root] if pid == os.getpid() else [root, *root.children(recursive=True)]
                 found[name] = sum(sum(p.cpu_times()[:2]) for p in tree)
         postgres = 0.0
         for proc in psutil.process_iter(["cmdline"]):
@@ -212,10 +233,15 @@ def run(
     log_level: str = "WARNING",
     profile_dir: Path | None = None,
     broker: str | None = None,
+    own_postgres: bool = True,
     quiet: bool = False,
 ) -> tuple[BenchResult, Summary, Summary]:
     console = None if quiet else Console(stderr=True)
-    with bench_infra(NAME, broker=broker) as infra, running_stack(infra, log_level) as stack:
+    with (
+        private_postgres(own_postgres),
+        bench_infra(NAME, broker=broker) as infra,
+        running_stack(infra, log_level) as stack,
+    ):
         pids = {name: int(pid) for name, pid in stack.endpoints["pids"].items()}
         target = load_target(stack, infra.topic)
         with RssSampler(pids) as rss:
@@ -332,6 +358,11 @@ def main(argv: list[str] | None = None) -> BenchResult:
     parser.add_argument(
         "--profile", action="store_true", help="py-spy flame graphs (PY_SPY or PATH)"
     )
+    parser.add_argument(
+        "--shared-postgres",
+        action="store_true",
+        help="use STEADFAST_DATABASE_URL or :5432 rather than a private embedded server",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     result, throughput, latency = run(
@@ -342,6 +373,7 @@ def main(argv: list[str] | None = None) -> BenchResult:
         log_level=args.log_level,
         profile_dir=RESULTS_DIR / "profile-e2e" if args.profile else None,
         broker=args.broker,
+        own_postgres=not args.shared_postgres,
         quiet=args.quiet,
     )
     console = Console()

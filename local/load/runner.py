@@ -26,6 +26,7 @@ MAX_SECONDS = 3_600.0
 # Without a yield now and then, a dispatcher that is behind schedule would start
 # hundreds of requests before any of them gets to run.
 YIELD_EVERY = 32
+PLACE_ATTEMPTS = 3
 
 Clock = Callable[[], float]
 
@@ -105,23 +106,32 @@ class PlacementRun:
 async def place_one(
     client: httpx.AsyncClient, workload: Workload, index: int, kind: Kind, keys: bool
 ) -> Placement:
+    """POST one order. With an Idempotency-Key, a timeout or a 5xx is retried with the
+    same key: the API then answers with the order the first try may have made, so an
+    ambiguous failure never leaves an order that the run does not know about."""
     headers = {"Idempotency-Key": workload.idempotency_key(index)} if keys else None
     placement = Placement(index, kind)
     started = time.perf_counter()
-    try:
-        response = await client.post(
-            "/orders", json=workload.order_body(index, kind), headers=headers
-        )
-    except httpx.HTTPError as exc:
-        placement.error = type(exc).__name__
-    else:
-        placement.status_code = response.status_code
-        if response.status_code == 202:
-            body = response.json()
-            placement.order_id = str(body["id"])
-            placement.created_at = datetime.fromisoformat(body["created_at"])
+    for attempt in range(1, (PLACE_ATTEMPTS if keys else 1) + 1):
+        placement.error = None
+        try:
+            response = await client.post(
+                "/orders", json=workload.order_body(index, kind), headers=headers
+            )
+        except httpx.HTTPError as exc:
+            placement.error = type(exc).__name__
         else:
+            placement.status_code = response.status_code
+            if response.status_code == 202:
+                body = response.json()
+                placement.order_id = str(body["id"])
+                placement.created_at = datetime.fromisoformat(body["created_at"])
+                break
             placement.error = f"HTTP {response.status_code}"
+            if response.status_code < 500:
+                break
+        if attempt < PLACE_ATTEMPTS:
+            await asyncio.sleep(0.1 * attempt)
     placement.seconds = time.perf_counter() - started
     return placement
 

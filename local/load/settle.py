@@ -18,17 +18,23 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from local.load import TargetError
 
 OPEN = ("PENDING", "RETRY_PENDING")
 FINAL = ("RESERVED", "REJECTED", "DEAD", "CANCELLED")
 PAGE = 500
+POLL_ATTEMPTS = 5
 # The retry table's `created_at` and our wall clock are on the same machine (loopback
 # only), but a row may be stamped a moment before the first order's own timestamp.
 CLOCK_SLACK = timedelta(seconds=5)
 
 Params = list[tuple[str, str | int | float | bool | None]]
+
+
+class _Transient(TargetError):
+    """A failed read worth repeating (server error or connection trouble)."""
 
 
 @dataclass(frozen=True)
@@ -78,11 +84,27 @@ class Settler:
         self._sleep = sleep
 
     async def _get(self, path: str, params: Params, admin: bool = False) -> Any:
+        """One read, retried a few times: a poll that hits a blip (a 5xx, a dropped
+        connection) must not end a run whose orders are all fine."""
         headers = self._admin if admin else None
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception_type(_Transient),
+            stop=stop_after_attempt(POLL_ATTEMPTS),
+            wait=wait_exponential(multiplier=0.2, max=2.0),
+            sleep=self._sleep,
+            reraise=True,
+        ):
+            with attempt:
+                return await self._get_once(path, params, headers)
+        raise AssertionError("unreachable: tenacity re-raises the last failure")
+
+    async def _get_once(self, path: str, params: Params, headers: dict[str, str] | None) -> Any:
         try:
             response = await self._client.get(path, params=params, headers=headers)
         except httpx.HTTPError as exc:
-            raise TargetError(f"GET {path}: {type(exc).__name__}") from exc
+            raise _Transient(f"GET {path}: {type(exc).__name__}") from exc
+        if response.status_code >= 500:
+            raise _Transient(f"GET {path}: HTTP {response.status_code} {response.text[:300]}")
         if response.status_code != 200:
             raise TargetError(f"GET {path}: HTTP {response.status_code} {response.text[:300]}")
         return response.json()
