@@ -1,10 +1,11 @@
 """Re-drive: claim due rows in batches and run them again, rate-limited and breaker-aware.
 
 `Redriver.run_once` is one pass: claim a batch (SKIP LOCKED + lease), take a token per
-row from the limiter, re-drive it through the processor. It stops early and gives the
-rest of the batch back when the breaker refuses (so a recovering dependency is not
-hammered) or when the batch has used half its lease waiting on the limiter (so another
-scheduler never claims a row this one is still about to run).
+row from the limiter, re-drive up to `concurrency` rows at once through the processor,
+and claim the next batch while they come back full. It stops early and gives the rest
+of a batch back when the breaker refuses (so a recovering dependency is not hammered)
+or when the batch has used half its lease waiting on the limiter (so another scheduler
+never claims a row this one is still about to run).
 
 `build_scheduler` puts the pass on an APScheduler interval or cron trigger (one run at a
 time, missed runs coalesced), next to a job that refreshes the retry-rows gauge and an
@@ -13,6 +14,7 @@ optional alerts-evaluation hook.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import time
@@ -79,17 +81,19 @@ class Redriver:
         *,
         batch_size: int = 100,
         lease_seconds: float = 30.0,
+        concurrency: int = 16,
         owner: str,
         registry: CollectorRegistry | None = None,
         clock: Clock | None = None,
     ) -> None:
-        if batch_size < 1 or lease_seconds <= 0:
-            raise ValueError("batch_size must be >= 1 and lease_seconds > 0")
+        if batch_size < 1 or lease_seconds <= 0 or concurrency < 1:
+            raise ValueError("batch_size and concurrency must be >= 1 and lease_seconds > 0")
         self._store = store
         self._processor = processor
         self._limiter = limiter
         self._batch_size = batch_size
         self._lease_seconds = lease_seconds
+        self._concurrency = concurrency
         # Unique per process: two schedulers started with the same instance name must
         # still not be able to finish each other's rows.
         self.owner = f"{owner}:{secrets.token_hex(4)}"
@@ -97,47 +101,96 @@ class Redriver:
         self._outcomes, self._rows = _metrics_on(registry or CollectorRegistry())
 
     async def run_once(self) -> dict[str, int]:
-        """One pass over a batch of due rows; returns how many rows ended in each outcome."""
+        """One pass; returns how many rows ended in each outcome.
+
+        Batches follow each other while they come back full, so a backlog drains at the
+        limiter's rate rather than at one batch per trigger; the pass ends at a short
+        batch, when the breaker refuses, or after a lease's worth of time.
+        """
         tally: Tally[str] = Tally()
-        if await self._processor.breaker_state() == "OPEN":
-            # Claiming rows only to hand them straight back would churn the table.
-            log.debug("breaker open: no re-drive", extra={"event.action": "redrive_paused"})
-            return {}
-        rows = await self._store.claim_due(
-            self._batch_size,
-            self.owner,
-            self._lease_seconds,
-            handler=self._processor.handler_name,
-        )
         started = self._clock.monotonic()
-        for index, row in enumerate(rows):
-            if self._clock.monotonic() - started > self._lease_seconds / 2:
-                await self._give_back(rows[index:], "lease budget spent waiting for tokens")
+        claimed = 0
+        while self._clock.monotonic() - started < self._lease_seconds:
+            if await self._processor.breaker_state() == "OPEN":
+                # Claiming rows only to hand them straight back would churn the table.
+                log.debug("breaker open: no re-drive", extra={"event.action": "redrive_paused"})
                 break
-            try:
-                await self._limiter.acquire()
-                outcome = await self._processor.redrive(row, self.owner)
-            except BaseException:
-                await self._give_back(rows[index + 1 :], "re-drive pass failed")
-                raise
-            tally[outcome.value] += 1
-            self._outcomes.labels(outcome.value).inc()
-            if outcome is RedriveOutcome.SKIPPED_BREAKER:
-                rest = rows[index + 1 :]
-                await self._give_back(rest, "breaker open")
-                tally[outcome.value] += len(rest)
-                self._outcomes.labels(outcome.value).inc(len(rest))
+            rows = await self._store.claim_due(
+                self._batch_size,
+                self.owner,
+                self._lease_seconds,
+                handler=self._processor.handler_name,
+            )
+            claimed += len(rows)
+            if not rows or await self._redrive_batch(rows, tally):
                 break
-        if rows:
+            if len(rows) < self._batch_size:
+                break
+        if claimed:
             log.info(
                 "re-drive pass done",
                 extra={
                     "event.action": "redrive_pass",
-                    "retry.claimed": len(rows),
+                    "retry.claimed": claimed,
                     **{f"retry.{outcome}": n for outcome, n in tally.items()},
                 },
             )
         return dict(tally)
+
+    async def _redrive_batch(self, rows: Sequence[RetryRow], tally: Tally[str]) -> bool:
+        """Re-drive a claimed batch, `concurrency` rows at a time; True ends the pass.
+
+        The claim never returns two rows of one key (a key's later row waits while an
+        earlier one is open), so running a batch's rows at once keeps per-key order.
+        """
+        started = self._clock.monotonic()
+        slots = asyncio.Semaphore(self._concurrency)
+        refused = asyncio.Event()  # the breaker said no: launch nothing more
+        failures: list[Exception] = []
+
+        async def one(row: RetryRow) -> None:
+            try:
+                outcome = await self._processor.redrive(row, self.owner)
+            except Exception as exc:
+                # The row's own lease brings it back; the pass stops and reports it.
+                failures.append(exc)
+                return
+            finally:
+                slots.release()
+            tally[outcome.value] += 1
+            self._outcomes.labels(outcome.value).inc()
+            if outcome is RedriveOutcome.SKIPPED_BREAKER:
+                refused.set()
+
+        launched = 0
+        why = ""
+        try:
+            async with asyncio.TaskGroup() as group:
+                for row in rows:
+                    if self._clock.monotonic() - started > self._lease_seconds / 2:
+                        why = "lease budget spent waiting for tokens"
+                        break
+                    await slots.acquire()
+                    if refused.is_set() or failures:
+                        slots.release()
+                        break
+                    await self._limiter.acquire()
+                    group.create_task(one(row))
+                    launched += 1
+        except BaseException:
+            await self._give_back(rows[launched:], "re-drive pass failed")
+            raise
+        rest = rows[launched:]
+        if refused.is_set():
+            await self._give_back(rest, "breaker open")
+            tally[RedriveOutcome.SKIPPED_BREAKER.value] += len(rest)
+            self._outcomes.labels(RedriveOutcome.SKIPPED_BREAKER.value).inc(len(rest))
+        elif failures:
+            await self._give_back(rest, "re-drive pass failed")
+            raise failures[0]
+        elif rest:
+            await self._give_back(rest, why)
+        return bool(rest) or refused.is_set()
 
     async def refresh_metrics(self) -> dict[str, int]:
         counts = await self._store.counts_by_state()

@@ -79,8 +79,11 @@ WITH due AS MATERIALIZED (
            OR (r.state = 'IN_PROGRESS' AND r.lease_expires_at <= now()))
       AND (CAST(:handler AS text) IS NULL OR r.handler = CAST(:handler AS text))
       AND NOT EXISTS (
+          -- The top-level state test (implied by both branches below) lets the planner
+          -- use the partial open-key index: one index probe per candidate, not a scan.
           SELECT 1 FROM retry_messages AS e
           WHERE e.source_topic = r.source_topic AND e.key = r.key AND e.id <> r.id
+            AND e.state IN ('PENDING', 'IN_PROGRESS')
             AND e.handler = r.handler
             AND ((e.id < r.id AND e.state IN ('PENDING', 'IN_PROGRESS'))
                  OR (e.state = 'IN_PROGRESS' AND e.lease_expires_at > now()))

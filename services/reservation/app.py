@@ -260,6 +260,7 @@ def run_scheduler(settings: SchedulerSettings) -> None:
                 ),
                 batch_size=settings.batch_size,
                 lease_seconds=settings.lease_seconds,
+                concurrency=settings.redrive_concurrency,
                 owner=instance,
                 registry=registry,
             )

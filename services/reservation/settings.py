@@ -112,6 +112,7 @@ class SchedulerSettings(_Common):
     lease_seconds: float = Field(default=30.0, gt=0)
     redrive_rate_per_second: float = Field(default=50.0, gt=0)
     redrive_burst: int = Field(default=50, ge=1)
+    redrive_concurrency: int = Field(default=16, ge=1, description="re-drives in flight at once")
     alert_webhook_url: str | None = None
     alerts_interval_seconds: float = Field(default=15.0, gt=0)
     instance_id: str | None = None

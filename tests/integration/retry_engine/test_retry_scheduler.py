@@ -37,10 +37,21 @@ class Handler:
     def __init__(self) -> None:
         self.calls: Counter[str] = Counter()
         self.failing: set[str] = set()
+        self.pause = 0.0  # real seconds each call takes
+        self.running: Counter[str | None] = Counter()  # calls in progress, by key
+        self.peak = 0  # most calls in progress at once
+        self.order: list[str] = []
 
     async def handle(self, message: Message, attempt: int) -> object:
         self.calls[message.message_id] += 1
-        await asyncio.sleep(0)
+        self.order.append(message.message_id)
+        self.running[message.key] += 1
+        self.peak = max(self.peak, self.running.total())
+        assert self.running[message.key] == 1, f"two calls at once for key {message.key}"
+        try:
+            await asyncio.sleep(self.pause)
+        finally:
+            self.running[message.key] -= 1
         if message.message_id in self.failing:
             raise CallFailed("timeout", "still slow")
         return None
@@ -229,6 +240,32 @@ async def test_concurrent_redrivers_handle_each_row_once(rig: Rig) -> None:
     done = await asyncio.gather(drain(a), drain(b))
     assert sum(done) == 200 and all(done)
     assert set(rig.handler.calls.values()) == {1} and len(rig.handler.calls) == 200
+
+
+async def test_a_pass_drains_full_batches_at_the_configured_concurrency(rig: Rig) -> None:
+    for n in range(25):
+        await rig.park(n)
+    rig.handler.pause = 0.05
+    redriver = rig.redriver(batch_size=10, concurrency=4)
+    assert await redriver.run_once() == {"succeeded": 25}  # three batches in one pass
+    assert rig.handler.peak == 4
+
+
+async def test_rows_of_one_key_are_never_redriven_together_nor_out_of_order(rig: Rig) -> None:
+    for n in range(6):
+        await rig.park(n, key="same")
+    for n in range(6, 12):
+        await rig.park(n)
+    rig.handler.pause = 0.02
+    redriver = rig.redriver(batch_size=50, concurrency=8)
+    total: Counter[str] = Counter()
+    for _ in range(10):  # one row of the key per claim: a pass takes only the first
+        total.update(await redriver.run_once())
+        if total["succeeded"] == 12:
+            break
+    assert total == {"succeeded": 12}
+    same = [m for m in rig.handler.order if m in {f"e{n}" for n in range(6)}]
+    assert same == [f"e{n}" for n in range(6)]
 
 
 def test_build_scheduler_jobs() -> None:
