@@ -30,6 +30,9 @@ from services.reservation.settings import ConsumerSettings
 
 log = logging.getLogger(__name__)
 
+# How often a message held by the open breaker checks whether a rebalance took it away.
+_REBALANCE_CHECK_SECONDS = 0.5
+
 
 class Processing(Protocol):
     """What the consumer needs from the composition root, built inside the event loop."""
@@ -130,8 +133,15 @@ class PartitionGate:
         # Re-applied on every call: a rebalance hands out partitions unpaused.
         await self._client(pause=True)
 
-    async def wait_open(self) -> None:
-        await self._closed.wait()
+    async def wait_open(self, still_wanted: Callable[[], bool]) -> bool:
+        """Wait for the gate to reopen; False as soon as `still_wanted()` turns False."""
+        while still_wanted():
+            try:
+                await asyncio.wait_for(self._closed.wait(), timeout=_REBALANCE_CHECK_SECONDS)
+            except TimeoutError:
+                continue
+            return True
+        return False
 
     async def watch(self) -> None:
         """Reopen the gate once the breaker is no longer OPEN (HALF_OPEN lets probes in)."""
@@ -201,12 +211,39 @@ def register_agent(
             )
             manual = cast(faust.Stream[Any], stream).noack()
 
+            def ours(event: EventT[Any]) -> bool:
+                """Is this event still ours to process (no rebalance since it arrived)?"""
+                return (
+                    app.flow_control.is_active()
+                    and event.message.generation_id == app.consumer_generation_id
+                )
+
+            def release(event: EventT[Any]) -> None:
+                # A rebalance is under way (or happened since the event arrived). faust
+                # clears its own buffers, seeks back to the committed offset and waits
+                # for every event still tracked: processing the lanes' backlog now would
+                # hold the group's rebalance up for as long as that backlog takes, past
+                # the session timeout and into the next rebalance. Untracked but never
+                # acked, the event keeps the commit below it and Kafka redelivers it.
+                app.consumer.unacked.discard(event.message)
+                metrics.released.inc()
+
             async def handle(event: EventT[Any]) -> None:
-                message = to_message(event, group)
-                with continue_trace(message.headers.get("traceparent"), "consume order event"):
-                    await _process_until_done(runtime, gate, message)
-                await manual.ack(event)
-                metrics.in_flight.set(lanes.in_flight - 1)
+                try:
+                    if not ours(event):
+                        release(event)
+                        return
+                    message = to_message(event, group)
+                    with continue_trace(message.headers.get("traceparent"), "consume order event"):
+                        done = await _process_until_done(
+                            runtime, gate, message, still_ours=lambda: ours(event)
+                        )
+                    if done:
+                        await manual.ack(event)
+                    else:
+                        release(event)
+                finally:
+                    metrics.in_flight.set(lanes.in_flight - 1)
 
             lanes: Lanes[EventT[Any]] = Lanes(settings.lanes, handle)
             lanes.start()
@@ -223,11 +260,18 @@ def register_agent(
     app.agent(topic, name="reserve-stock")(reserve_stock)
 
 
-async def _process_until_done(runtime: Processing, gate: PartitionGate, message: Message) -> None:
+async def _process_until_done(
+    runtime: Processing,
+    gate: PartitionGate,
+    message: Message,
+    *,
+    still_ours: Callable[[], bool],
+) -> bool:
     """Process one message, however long the breaker or the database keep it waiting.
 
     A failure here is infrastructure (PostgreSQL down), not the message: retrying in
     place keeps the key's order and loses nothing; Kafka keeps the rest meanwhile.
+    Returns False, unprocessed, once a rebalance takes the message's partition back.
     """
     async for attempt in AsyncRetrying(
         retry=retry_if_exception_type(Exception),
@@ -235,9 +279,12 @@ async def _process_until_done(runtime: Processing, gate: PartitionGate, message:
         reraise=True,
     ):
         with attempt:
+            if not still_ours():
+                return False
             while not await runtime.process(message):
                 await gate.close_gate()
-                await gate.wait_open()
+                if not await gate.wait_open(still_ours):
+                    return False
         if attempt.retry_state.outcome is not None and attempt.retry_state.outcome.failed:
             exc = attempt.retry_state.outcome.exception()
             log.error(
@@ -250,3 +297,4 @@ async def _process_until_done(runtime: Processing, gate: PartitionGate, message:
                     "kafka.offset": message.offset,
                 },
             )
+    return True

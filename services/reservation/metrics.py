@@ -82,6 +82,11 @@ class ConsumerMetrics:
             "Messages taken from Kafka, not yet acked",
             registry=registry,
         )
+        self.released = Counter(
+            "steadfast_consumer_released",
+            "Buffered messages handed back unprocessed at a rebalance (Kafka redelivers them)",
+            registry=registry,
+        )
         self.lag = Gauge(
             "steadfast_consumer_lag_messages",
             "Committed-offset lag of the consumer group per partition",
