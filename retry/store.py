@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Integer, Text, cast, func, literal, literal_column, select, text, update
+from sqlalchemy import Integer, Text, cast, func, literal, select, text, update
 from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.elements import ColumnElement
@@ -126,10 +126,9 @@ def _entry(outcome: str, *, by: str, **fields_: Any) -> ColumnElement[Any]:
     values = {"outcome": outcome, "by": clean_text(by), **fields_}
     if "reason" in values:
         values["reason"] = _reason(values["reason"])
-    args: list[Any] = [literal_column("'at'"), func.now()]
+    args: list[Any] = [_value("at"), func.now()]
     for name, value in values.items():
-        # Names are this module's constants, never input: safe as SQL literals.
-        args += [literal_column(f"'{name}'"), _value(value)]
+        args += [_value(name), _value(value)]
     return func.jsonb_build_array(func.jsonb_build_object(*args, type_=JSONB), type_=JSONB)
 
 

@@ -65,6 +65,7 @@ def build_app(settings: ConsumerSettings) -> faust.App:
         broker_session_timeout=kafka.session_timeout_seconds,
         broker_heartbeat_interval=min(1.0, kafka.session_timeout_seconds / 3),
         broker_max_poll_interval=kafka.max_poll_interval_seconds,
+        broker_max_poll_records=kafka.max_poll_records,
         broker_commit_interval=1.0,
         stream_buffer_maxsize=1024,
     )
@@ -248,6 +249,7 @@ def register_agent(
             lanes: Lanes[EventT[Any]] = Lanes(settings.lanes, handle)
             lanes.start()
             watcher = asyncio.create_task(gate.watch(), name="partition-gate")
+
             try:
                 async for event in manual.events():
                     await lanes.submit(event.message.key, event)

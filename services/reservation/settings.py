@@ -26,6 +26,11 @@ class KafkaConfig(BaseModel):
     session_timeout_seconds: float = Field(default=6.0, gt=0)
     # Low in dev/CI: a member killed with kill -9 is only replaced after this on some brokers.
     max_poll_interval_seconds: float = Field(default=15.0, gt=0)
+    # faust hands a whole fetch to the agent before it fetches again, and the Kafka client
+    # leaves the group when no fetch happened for max_poll_interval: a large backlog
+    # fetched in one piece (thousands of records, drained at the processing rate) would
+    # outlast it. A bounded batch keeps fetches, and so group membership, regular.
+    max_poll_records: int = Field(default=100, ge=1)
 
 
 class WarehouseClientConfig(BaseModel):
@@ -74,7 +79,7 @@ class _Common(BaseSettings):
 class ApiSettings(AdminAuth, _Common):
     port: int = Field(default=8000, ge=0, le=65535)
     kafka: KafkaConfig = KafkaConfig()
-    max_body_bytes: int = Field(default=256 * 1024, ge=1024)
+    max_body_bytes: int = Field(default=256 * 1024, ge=1024, le=16 * 1024 * 1024)
     breaker: BreakerConfig = BreakerConfig()
 
 

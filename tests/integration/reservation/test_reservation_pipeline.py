@@ -131,3 +131,43 @@ async def test_out_of_stock_is_rejected_and_cancel_releases_stock(
     assert stats["releases"] == 1
     assert stats["out_of_stock"] == 1
     assert (await api.get(f"/orders/{kept}")).json()["status"] == "RESERVED"
+
+
+async def test_a_backlog_that_outlasts_the_poll_interval_keeps_the_consumer_in_the_group(
+    pipeline: Pipeline, api: httpx.AsyncClient, api_engine: AsyncEngine
+) -> None:
+    # The backlog is in Kafka before the consumer starts, larger than faust's stream buffer
+    # (1024), and draining it (8 lanes, 40 ms per call) takes a few times max_poll_interval.
+    # Fetched in one piece, faust would sit on that fetch behind its full buffer, the Kafka
+    # client would see no fetch for that long, leave the group and never come back.
+    n = 1400
+    await _place(api, n)
+    pipeline.start("relay", "steadfast-relay")
+    await _wait_outbox_published(api_engine, n, within=30)
+    pipeline.set_faults({"latency": {"kind": "fixed", "ms": 40}})
+    pipeline.start(
+        "consumer",
+        "steadfast-consumer",
+        STEADFAST_LANES="8",
+        STEADFAST_KAFKA__MAX_POLL_INTERVAL_SECONDS="3",
+    )
+    await _wait_statuses(api_engine, {"RESERVED": n}, within=90, pipe=pipeline)
+    left = [r for r in pipeline.procs["consumer"].logs() if "LeaveGroup" in r.get("message", "")]
+    assert not left, left
+    assert pipeline.warehouse_stats()["duplicate_reservations"] == 0
+
+
+async def _wait_outbox_published(engine: AsyncEngine, n: int, within: float) -> None:
+    deadline = time.monotonic() + within
+    published = 0
+    while time.monotonic() < deadline:
+        async with engine.connect() as conn:
+            published = (
+                await conn.execute(
+                    text("SELECT count(*) FROM outbox WHERE published_at IS NOT NULL")
+                )
+            ).scalar_one()
+        if published >= n:
+            return
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"{published} of {n} outbox rows published")
