@@ -158,8 +158,9 @@ def start_embedded_postgres(state_dir: Path) -> Postgres:
     owner = _unprivileged_user()
     state_dir.mkdir(parents=True, exist_ok=True)
     if owner:
-        # The unprivileged owner must reach its data dir through every parent.
-        for parent in [data_dir.parent, *data_dir.parent.parents]:
+        # The unprivileged owner must reach its data dir and the binaries (inside this
+        # venv, which may sit in a 0700 directory) through every parent: traverse only.
+        for parent in {data_dir.parent, *data_dir.parent.parents, *bin_dir.parents}:
             with contextlib.suppress(OSError):
                 parent.chmod(parent.stat().st_mode | 0o011)
     if not (data_dir / "PG_VERSION").exists():

@@ -101,6 +101,7 @@ class PartitionGate:
         self._paused = False
         self._closed = asyncio.Event()
         self._closed.set()
+        self._lock = asyncio.Lock()
 
     def _partitions(self) -> list[TopicPartition]:
         return [
@@ -123,16 +124,17 @@ class PartitionGate:
         await thread.call_thread(apply)
 
     async def close_gate(self) -> None:
-        if not self._paused:
-            self._paused = True
-            self._closed.clear()
-            self._metrics.paused.set(1)
-            log.warning(
-                "breaker open: pausing partitions",
-                extra={"event.action": "consumer_paused", "kafka.topic": self._topic},
-            )
-        # Re-applied on every call: a rebalance hands out partitions unpaused.
-        await self._client(pause=True)
+        async with self._lock:
+            if not self._paused:
+                self._paused = True
+                self._closed.clear()
+                self._metrics.paused.set(1)
+                log.warning(
+                    "breaker open: pausing partitions",
+                    extra={"event.action": "consumer_paused", "kafka.topic": self._topic},
+                )
+            # Re-applied on every call: a rebalance hands out partitions unpaused.
+            await self._client(pause=True)
 
     async def wait_open(self, still_wanted: Callable[[], bool]) -> bool:
         """Wait for the gate to reopen; False as soon as `still_wanted()` turns False."""
@@ -145,23 +147,29 @@ class PartitionGate:
         return False
 
     async def watch(self) -> None:
-        """Reopen the gate once the breaker is no longer OPEN (HALF_OPEN lets probes in)."""
+        """Reopen the gate once the breaker is no longer OPEN (HALF_OPEN lets probes in).
+
+        State and client calls change together under one lock: a pause applied in the
+        consumer thread after a concurrent resume would leave the client paused while
+        the gate believes it open, and nothing would ever resume it.
+        """
         while True:
             await asyncio.sleep(self._poll)
-            if not self._paused:
-                continue
             try:
+                if not self._paused:
+                    continue
                 if await self._breaker_state() == "OPEN":
                     await self.close_gate()
                     continue
-                await self._client(pause=False)
+                async with self._lock:
+                    await self._client(pause=False)
+                    self._paused = False
+                    self._metrics.paused.set(0)
+                    self._closed.set()
             except Exception:
                 # The watcher is the only way back to consuming: it must outlive a blip.
                 log.exception("partition gate check failed", extra={"event.action": "gate_error"})
                 continue
-            self._paused = False
-            self._metrics.paused.set(0)
-            self._closed.set()
             log.info(
                 "breaker allows calls: resuming partitions",
                 extra={"event.action": "consumer_resumed", "kafka.topic": self._topic},
