@@ -24,6 +24,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_ji
 
 from retry.model import Message
 from services.common.tracing import continue_trace
+from services.reservation.acks import OrderedAcks
 from services.reservation.lanes import Lanes
 from services.reservation.metrics import ConsumerMetrics
 from services.reservation.settings import ConsumerSettings
@@ -227,14 +228,22 @@ def register_agent(
                     and event.message.generation_id == app.consumer_generation_id
                 )
 
-            def release(event: EventT[Any]) -> None:
-                # A rebalance is under way (or happened since the event arrived). faust
-                # clears its own buffers, seeks back to the committed offset and waits
-                # for every event still tracked: processing the lanes' backlog now would
-                # hold the group's rebalance up for as long as that backlog takes, past
-                # the session timeout and into the next rebalance. Untracked but never
-                # acked, the event keeps the commit below it and Kafka redelivers it.
+            def untrack(event: EventT[Any]) -> None:
+                # Handed back unprocessed (a rebalance is under way or happened since it
+                # arrived). faust clears its own buffers, seeks back to the committed
+                # offset and waits for every event still tracked: processing the lanes'
+                # backlog now would hold the group's rebalance up for as long as that
+                # backlog takes, past the session timeout and into the next rebalance.
                 app.consumer.unacked.discard(event.message)
+
+            acks: OrderedAcks[EventT[Any]] = OrderedAcks(manual.ack, untrack)
+
+            def partition_of(event: EventT[Any]) -> tuple[int | None, str, int]:
+                message = event.message
+                return (message.generation_id, message.topic, message.partition)
+
+            def release(event: EventT[Any]) -> None:
+                acks.drop(partition_of(event), event.message.offset)
                 metrics.released.inc()
 
             async def handle(event: EventT[Any]) -> None:
@@ -248,7 +257,7 @@ def register_agent(
                             runtime, gate, message, still_ours=lambda: ours(event)
                         )
                     if done:
-                        await manual.ack(event)
+                        await acks.done(partition_of(event), event.message.offset)
                     else:
                         release(event)
                 finally:
@@ -260,6 +269,7 @@ def register_agent(
 
             try:
                 async for event in manual.events():
+                    acks.track(partition_of(event), event.message.offset, event)
                     await lanes.submit(event.message.key, event)
                     metrics.in_flight.set(lanes.in_flight)
                     yield None

@@ -3,8 +3,8 @@
 Messages are hashed by key onto N lanes. Each lane handles its messages one at a time,
 in arrival order, so two events of one order are never processed out of order, while a
 slow warehouse call for one order does not stall the others on its partition. Kafka
-offsets are acked per message after its database write; the consumer framework commits
-only up to the first gap, so an out-of-order ack never skips a message.
+offsets are acked after the database write and in offset order per partition
+(`services.reservation.acks`), so a commit never passes a message still in a lane.
 """
 
 from __future__ import annotations
