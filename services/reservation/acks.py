@@ -87,5 +87,10 @@ class OrderedAcks(Generic[E]):
     def _cleanup(self, partition: Hashable, state: _Partition[E]) -> None:
         # A dropped partition keeps its mark for the rest of its generation (a few bytes
         # per rebalance): a late event of it must not be acked past the dropped one.
-        if not state.entries and state.dropped_from is None:
+        # `is state`: an ack awaited in between may have let a new state take this key.
+        if (
+            not state.entries
+            and state.dropped_from is None
+            and self._partitions.get(partition) is state
+        ):
             del self._partitions[partition]
