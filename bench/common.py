@@ -234,15 +234,19 @@ class RssSampler:
         self._thread.join(5)
 
 
-def tree_rss(pid: int) -> int:
-    """Bytes resident in `pid` and its descendants (0 once it is gone)."""
+def _tree(pid: int) -> list[psutil.Process]:
+    """`pid` and its live descendants (empty once it is gone)."""
     try:
         root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
+        return [root, *root.children(recursive=True)]
     except psutil.Error:
-        return 0
+        return []
+
+
+def tree_rss(pid: int) -> int:
+    """Bytes resident in `pid` and its descendants (0 once it is gone)."""
     total = 0
-    for proc in procs:
+    for proc in _tree(pid):
         with contextlib.suppress(psutil.Error):
             total += proc.memory_info().rss
     return total
@@ -250,13 +254,8 @@ def tree_rss(pid: int) -> int:
 
 def tree_cpu_seconds(pid: int) -> float:
     """CPU seconds used by `pid` and its live descendants (0 once it is gone)."""
-    try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.Error:
-        return 0.0
     total = 0.0
-    for proc in procs:
+    for proc in _tree(pid):
         with contextlib.suppress(psutil.Error):
             times = proc.cpu_times()
             total += times.user + times.system
