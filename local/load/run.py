@@ -191,6 +191,7 @@ def _poison_producer(config: LoadConfig, target: Target) -> PoisonProducer | Non
         target.topic,
         config.run_id,
         oversized_bytes=config.oversized_bytes,
+        client_config=target.kafka_config,
     )
 
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -25,6 +26,8 @@ class Target:
     admin_token: str | None
     kafka_bootstrap: str | None
     topic: str
+    kafka_config: Mapping[str, str] = field(default_factory=dict)
+    """librdkafka security settings (SASL, TLS) for the poison producer."""
 
     def check_loopback(self) -> None:
         ensure_loopback_url(self.api)
@@ -91,4 +94,14 @@ def resolve(
         admin_token=admin_token or endpoints.get("admin_token"),
         kafka_bootstrap=kafka_bootstrap or endpoints.get("kafka_bootstrap_servers"),
         topic=topic,
+        # A flag-given broker is reached with the STEADFAST_KAFKA_SECURITY__* variables.
+        kafka_config=_kafka_config()
+        if kafka_bootstrap
+        else endpoints.get("kafka_client_config") or {},
     )
+
+
+def _kafka_config() -> dict[str, str]:
+    from services.common.kafka import KafkaClientEnv
+
+    return KafkaClientEnv().kafka_security.librdkafka()

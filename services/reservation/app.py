@@ -30,6 +30,7 @@ from retry.model import Message
 from retry.policy import PolicyTable
 from retry.processor import Processor, ProcessResult
 from retry.store import RetryStore
+from services.common.kafka import preflight
 from services.reservation.alerting import build_alerts
 from services.reservation.api import create_api
 from services.reservation.consumer import build_app, register_agent
@@ -191,6 +192,8 @@ def run_api(settings: ApiSettings) -> None:
 
 
 def run_consumer(settings: ConsumerSettings) -> None:
+    # faust's client retries a refused login forever: check the cluster once, clearly.
+    preflight(settings.kafka_bootstrap_servers, settings.kafka_security)
     registry = CollectorRegistry()
     serve_metrics(registry, settings.host, settings.metrics_port, "consumer")
     metrics = ProcessingMetrics.on(registry)
@@ -216,6 +219,7 @@ def run_consumer(settings: ConsumerSettings) -> None:
         settings.kafka.consumer_group,
         settings.kafka.topic,
         consumer_metrics,
+        client_config=settings.kafka_security.librdkafka(),
     )
     lag.start()
     worker = faust.Worker(app, loglevel=settings.log_level, override_logging=False)

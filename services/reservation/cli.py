@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
+from collections.abc import Iterator
 from typing import TypeVar
 
 import click
@@ -31,7 +34,8 @@ def relay() -> None:
 
     settings = _settings(RelaySettings)
     _setup("outbox-relay", settings.log_level)
-    run_relay(settings)
+    with _kafka_errors():
+        run_relay(settings)
 
 
 @click.command()
@@ -42,7 +46,8 @@ def consumer() -> None:
 
     settings = _settings(ConsumerSettings)
     _setup("reservation-consumer", settings.log_level, ORDER_KEY)
-    run_consumer(settings)
+    with _kafka_errors():
+        run_consumer(settings)
 
 
 @click.command()
@@ -71,6 +76,20 @@ ORDER_KEY = {"labels.message_key": "labels.order_id"}
 
 
 S = TypeVar("S", bound=BaseSettings)
+
+
+@contextlib.contextmanager
+def _kafka_errors() -> Iterator[None]:
+    """A cluster that is unreachable or refuses us at start-up: one clear line, exit 1."""
+    from services.common.kafka import KafkaUnavailable
+
+    try:
+        yield
+    except KafkaUnavailable as exc:
+        logging.getLogger("steadfast").error(
+            "cannot start: %s", exc, extra={"event.action": "kafka_unavailable"}
+        )
+        raise click.ClickException(str(exc)) from None
 
 
 def _settings(cls: type[S]) -> S:

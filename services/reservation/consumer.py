@@ -23,6 +23,7 @@ from faust.types import EventT, StreamT
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
 
 from retry.model import Message
+from services.common.kafka import KafkaSecurity
 from services.common.tracing import continue_trace
 from services.reservation.acks import OrderedAcks
 from services.reservation.lanes import Lanes
@@ -55,6 +56,7 @@ def build_app(settings: ConsumerSettings) -> faust.App:
     return faust.App(
         kafka.consumer_group,
         broker=brokers,
+        broker_credentials=_credentials(settings.kafka_security),
         key_serializer="raw",
         value_serializer="raw",
         store="memory://",
@@ -70,6 +72,21 @@ def build_app(settings: ConsumerSettings) -> faust.App:
         broker_commit_interval=1.0,
         stream_buffer_maxsize=1024,
     )
+
+
+def _credentials(security: KafkaSecurity) -> faust.types.auth.CredentialsT | None:
+    """faust's form of the shared client security settings (None for PLAINTEXT)."""
+    if security.sasl:
+        assert security.sasl_username is not None and security.sasl_password is not None
+        return faust.SASLCredentials(
+            username=security.sasl_username,
+            password=security.sasl_password.get_secret_value(),
+            mechanism=security.sasl_mechanism,
+            ssl_context=security.ssl_context(),
+        )
+    if security.tls:
+        return faust.SSLCredentials(security.ssl_context())
+    return None
 
 
 class PartitionGate:

@@ -1,14 +1,14 @@
 """Consumer lag per partition, read through the Kafka admin API (confluent-kafka).
 
 Lag = high watermark minus the group's committed offset. It is measured from outside the
-consumer's own client so it stays true when the consumer is paused or stuck. (Tansu's
-high watermark is known to be wrong; noida-db and Apache Kafka report it correctly.)
+consumer's own client so it stays true when the consumer is paused or stuck.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Mapping
 
 from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
@@ -27,10 +27,11 @@ class LagMonitor:
         topic: str,
         metrics: ConsumerMetrics,
         *,
+        client_config: Mapping[str, str] | None = None,
         interval_seconds: float = 5.0,
         timeout_seconds: float = 5.0,
     ) -> None:
-        self._admin = AdminClient({"bootstrap.servers": bootstrap})
+        self._admin = AdminClient({"bootstrap.servers": bootstrap, **(client_config or {})})
         self._group = group
         self._topic = topic
         self._metrics = metrics

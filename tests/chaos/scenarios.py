@@ -1,10 +1,13 @@
 """The chaos scenarios: orders flow through a warehouse failing 30% of calls while one
 thing breaks.
 
-One scenario per failure: kill -9 of the consumer (on Tansu, with a second consumer in the
-group), of the relay, of the scheduler and of the API in mid-request; a broker restart
-(noida-db, which persists), a PostgreSQL restart, a warehouse outage, and duplicate
-delivery (a partition replayed from offset 0). Each ends with the same audit: no order
+One scenario per failure: kill -9 of a consumer (a second one in the group takes its
+partitions over once its session expires; the time that takes is measured), of the relay,
+of the scheduler and of the API in mid-request; a broker restart, a PostgreSQL restart, a
+warehouse outage, and duplicate delivery (a partition replayed from offset 0). On a
+three-node Apache Kafka cluster (replication factor 3, min.insync.replicas 2, producer
+acks=all with idempotence): kill -9 of the broker that leads the most order partitions,
+and a rolling restart of all three brokers. Each ends with the same audit: no order
 lost, none reserved twice, every order final with a reason, nothing half-written, and no
 process that was left alone crashed or logged a traceback beyond expected connection
 errors. Killed processes are restarted by the test, as a supervisor would.
@@ -54,13 +57,21 @@ def connection_errors(record: dict[str, Any]) -> bool:
     return record.get("error.type") in CONNECTION_ERRORS
 
 
+def rebalance_errors(record: dict[str, Any]) -> bool:
+    """A consumer's commit refused while the group rebalances around a dead member."""
+    return record.get("error.type") in {"CommitFailedError", "IllegalStateError"}
+
+
 @dataclass(frozen=True)
 class Scenario:
     name: str
     disrupt: Disrupt
     at: float
     """Share of the orders answered before the disruption starts."""
-    broker: str = "noida"
+    broker: str | None = None
+    """None: Apache Kafka (or the stand-in without Java), as `make run` picks."""
+    kafka_nodes: int = 1
+    partitions: int = 3
     consumers: tuple[str, ...] = ("consumer",)
     private_pg: bool = False
     expected_errors: Callable[[dict[str, Any]], bool] = nothing_expected
@@ -77,11 +88,72 @@ def kill_and_restart(name: str, pause: float = 1.0) -> Disrupt:
 
 
 def kill_consumer(stack: ChaosStack, load: LoadRunner, scale: Scale) -> None:
-    # consumer-b takes the partitions over once consumer-a's session expires; consumer-a
-    # comes back a little later and the group rebalances again under load.
+    # consumer-b takes the partitions over once consumer-a's session expires (measured);
+    # consumer-a comes back afterwards and the group rebalances again under load.
+    wait_for(lambda: len(stack.group_assignment()) == 2, 60, "both consumers in the group")
     stack.kill("consumer-a")
-    time.sleep(3)
+    killed = time.monotonic()
+    wait_for(
+        lambda: _owns_everything(stack),
+        60,
+        "the survivor to own every partition",
+    )
+    stack.measured["failover_seconds"] = round(time.monotonic() - killed, 2)
+    stack.note(f"consumer-b owns every partition {stack.measured['failover_seconds']}s later")
     stack.restart("consumer-a")
+
+
+def _owns_everything(stack: ChaosStack) -> bool:
+    members = stack.group_assignment()
+    return len(members) == 1 and len(next(iter(members.values()))) == stack.pipe_partitions
+
+
+def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def kill_partition_leader(stack: ChaosStack, load: LoadRunner, scale: Scale) -> None:
+    cluster = stack.cluster
+    leaders = cluster.leaders(stack.pipe.topic)
+    counts = {node.node_id: 0 for node in cluster.nodes}
+    for leader in leaders.values():
+        counts[leader] += 1
+    victim = max(counts, key=lambda node: counts[node])
+    stack.note(f"kill -9 kafka-{victim}, leader of {counts[victim]}/{len(leaders)} partitions")
+    cluster.kill(victim)
+    wait_for(
+        lambda: victim not in _live_leaders(stack), 30, f"leadership to move off kafka-{victim}"
+    )
+    stack.note(f"leadership moved: {cluster.leaders(stack.pipe.topic)}")
+    time.sleep(scale.down_seconds * 2)
+    cluster.start_node(victim)
+    stack.note(f"kafka-{victim} restarted")
+
+
+def _live_leaders(stack: ChaosStack) -> set[int]:
+    try:
+        return set(stack.cluster.leaders(stack.pipe.topic).values())
+    except Exception:  # a metadata request may fail while the controller moves
+        return {-1}
+
+
+def rolling_restart(stack: ChaosStack, load: LoadRunner, scale: Scale) -> None:
+    """Each broker in turn: SIGTERM (controlled shutdown), start, wait for a full ISR."""
+    cluster = stack.cluster
+    for node in cluster.nodes:
+        stack.note(f"rolling: stop kafka-{node.node_id}")
+        cluster.stop_node(node.node_id)
+        time.sleep(scale.down_seconds)
+        cluster.start_node(node.node_id)
+        wait_for(
+            lambda: cluster.under_replicated(stack.pipe.topic) == 0,
+            60,
+            "every replica back in sync",
+        )
+        stack.note(f"rolling: kafka-{node.node_id} back, ISR full")
 
 
 def kill_scheduler(stack: ChaosStack, load: LoadRunner, scale: Scale) -> None:
@@ -165,8 +237,8 @@ PROCESS_KILLS = [
         "consumer-failover",
         kill_consumer,
         at=0.3,
-        broker="tansu",
         consumers=("consumer-a", "consumer-b"),
+        expected_errors=rebalance_errors,
     ),
     Scenario("relay-kill", kill_and_restart("relay"), at=0.4),
     Scenario("scheduler-kill", kill_scheduler, at=0.5),
@@ -186,6 +258,28 @@ INFRASTRUCTURE = [
 ]
 
 
+CLUSTER = [
+    Scenario(
+        "leader-kill",
+        kill_partition_leader,
+        at=0.3,
+        broker="kafka",
+        kafka_nodes=3,
+        partitions=6,
+        expected_errors=connection_errors,
+    ),
+    Scenario(
+        "rolling-restart",
+        rolling_restart,
+        at=0.2,
+        broker="kafka",
+        kafka_nodes=3,
+        partitions=6,
+        expected_errors=connection_errors,
+    ),
+]
+
+
 def run(
     scenario: Scenario,
     chaos_stack: Callable[..., ChaosStack],
@@ -194,7 +288,12 @@ def run(
 ) -> None:
     """Start the stack, offer the orders, break one thing, drain, audit."""
     started = time.monotonic()
-    stack = chaos_stack(broker=scenario.broker, private_pg=scenario.private_pg)
+    stack = chaos_stack(
+        broker=scenario.broker,
+        kafka_nodes=scenario.kafka_nodes,
+        partitions=scenario.partitions,
+        private_pg=scenario.private_pg,
+    )
     stack.start_all(consumers=scenario.consumers)
     load = LoadRunner(
         base_url=stack.api_url,
@@ -218,6 +317,7 @@ def run(
         expected_errors=scenario.expected_errors,
     )
     result.notes.update(notes)
+    result.notes.update(stack.measured)
     result.wall_seconds = round(time.monotonic() - started, 1)
     chaos_results.append(result)
     if chaos_scale.name == "full":

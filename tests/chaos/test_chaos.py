@@ -1,8 +1,8 @@
 """Chaos, part 1: a process killed with kill -9 under load, then restarted.
 
-The consumer (on Tansu, where a dead member's session must expire: a second consumer takes
-over), the relay, the scheduler (while it holds leases) and the API in mid-request (clients
-retry with the same Idempotency-Key). The scenarios and their audit are in
+The consumer (a second consumer in the group takes its partitions over once its session
+expires, measured), the relay, the scheduler (while it holds leases) and the API in
+mid-request (clients retry with the same Idempotency-Key). The scenarios and their audit are in
 `tests/chaos/scenarios.py`; infrastructure failures are in `test_chaos_infra.py`, a file of
 their own so that pytest-xdist (`--dist loadfile`) runs the two halves side by side.
 """

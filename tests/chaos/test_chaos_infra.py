@@ -1,7 +1,7 @@
 """Chaos, part 2: infrastructure fails under load, and messages arrive twice.
 
-A noida-db broker restart (it persists its log), a restart of a private PostgreSQL, a
-warehouse outage (shortened in the reduced run, 60 s at full scale), and a partition
+A broker restart (SIGTERM, then start on the same data), a restart of a private
+PostgreSQL, a warehouse outage (shortened in the reduced run, 60 s at full scale), and a partition
 replayed from offset 0 while orders flow and again after they are all final.
 """
 

@@ -3,9 +3,10 @@
 `stack_factory(...)` runs `steadfast-local run --state-dir <tmp>` as a subprocess against
 the session infrastructure of tests/conftest.py: a fresh migrated database from
 `make_database()` and, by default, the session broker with a topic and consumer group of
-its own (so stacks never read each other's events). `broker="noida"|"tansu"` gives the
+its own (so stacks never read each other's events). `broker="kafka"|"noida"` gives the
 stack a private broker a test may stop or kill; `broker="launcher"` lets the launcher
-start its own noida-db in the state dir, as `make run` does. It waits for endpoints.json
+start its own Apache Kafka in the state dir, as `make run` does (and `own_postgres=True`
+its own embedded PostgreSQL). It waits for endpoints.json
 to say `"ready": true` (for this launcher's pid) and returns a `Stack`. Every failure
 message carries the tail of the launcher's output. Teardown always stops the stack, and
 kills whatever a failed stop left behind.
@@ -29,6 +30,7 @@ import httpx
 import pytest
 
 from local import infra
+from local.reaper import RUN_ID_VARIABLE, tagged
 
 LAUNCHER = Path(sys.executable).parent / "steadfast-local"
 READY_TIMEOUT = float(os.environ.get("STEADFAST_TEST_STACK_READY_TIMEOUT", "60"))
@@ -130,6 +132,20 @@ class Stack:
         assert code == 0, f"launcher exited with {code} on SIGTERM{self.output_tail()}"
         return took
 
+    def run_id(self) -> str:
+        """The launcher's STEADFAST_RUN_ID, read from a child's environment."""
+        for pid in self.pids.values():
+            with contextlib.suppress(OSError):
+                for entry in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+                    name, _, value = entry.decode(errors="replace").partition("=")
+                    if name == RUN_ID_VARIABLE:
+                        return value
+        raise AssertionError(f"no child carries {RUN_ID_VARIABLE}{self.output_tail()}")
+
+    def tagged_pids(self) -> set[int]:
+        """Every live process started under this launcher (what its reaper would stop)."""
+        return set(tagged(self.run_id(), exclude=set()))
+
     def owned_pids(self) -> dict[str, int]:
         """Every pid the launcher reported: children and the broker it started."""
         data = self.endpoints
@@ -172,7 +188,7 @@ def stack_factory(
     request: pytest.FixtureRequest,
     tmp_path: Path,
     make_database: Callable[[], str],
-    broker_factory: Callable[[str], infra.Broker],
+    broker_factory: Callable[..., infra.AnyBroker],
 ) -> Iterator[Callable[..., Stack]]:
     assert LAUNCHER.exists(), f"{LAUNCHER} missing: install the project into this venv"
     stacks: list[Stack] = []
@@ -185,6 +201,8 @@ def stack_factory(
         commands: Mapping[str, str] | None = None,
         env: Mapping[str, str] | None = None,
         prometheus: bool = False,
+        own_postgres: bool = False,
+        args: Iterable[str] = (),
         wait: bool = True,
     ) -> Stack:
         """Start a stack. `env` adds or overrides STEADFAST_* (e.g. warehouse faults)."""
@@ -192,7 +210,8 @@ def stack_factory(
         state_dir = tmp_path / f"stack{n}"
         state_dir.mkdir()
         child_env = {k: v for k, v in os.environ.items() if not k.startswith("STEADFAST_")}
-        child_env["STEADFAST_DATABASE_URL"] = make_database()
+        if not own_postgres:
+            child_env["STEADFAST_DATABASE_URL"] = make_database()
         if broker is None:
             suffix = uuid.uuid4().hex[:8]
             child_env["STEADFAST_KAFKA_BOOTSTRAP_SERVERS"] = request.getfixturevalue(
@@ -203,17 +222,17 @@ def stack_factory(
         elif broker != "launcher":
             child_env["STEADFAST_KAFKA_BOOTSTRAP_SERVERS"] = broker_factory(broker).bootstrap
         child_env.update(env or {})
-        args = [str(LAUNCHER), "run", "--state-dir", str(state_dir)]
+        argv = [str(LAUNCHER), "run", "--state-dir", str(state_dir), *args]
         if only is not None:
-            args += ["--only", ",".join(only)]
-        args += [f"--scale={name}={count}" for name, count in (scale or {}).items()]
-        args += [f"--command={name}={cmd}" for name, cmd in (commands or {}).items()]
+            argv += ["--only", ",".join(only)]
+        argv += [f"--scale={name}={count}" for name, count in (scale or {}).items()]
+        argv += [f"--command={name}={cmd}" for name, cmd in (commands or {}).items()]
         if not prometheus:
-            args.append("--no-prometheus")
+            argv.append("--no-prometheus")
         log_path = tmp_path / f"stack{n}.log"
         with log_path.open("wb") as out:
             process = subprocess.Popen(
-                args, env=child_env, stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path
+                argv, env=child_env, stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path
             )
         stack = Stack(process, state_dir, log_path)
         stacks.append(stack)

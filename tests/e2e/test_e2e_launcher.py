@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import httpx
@@ -38,10 +39,33 @@ http.server.HTTPServer(("127.0.0.1", port), Ok).serve_forever()
 """
 
 
+_CHATTY = """
+import http.server, os, sys, threading
+class Ok(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+port = int(os.environ["STEADFAST_METRICS_PORT"])
+server = http.server.HTTPServer(("127.0.0.1", port), Ok)
+threading.Thread(target=server.serve_forever, daemon=True).start()
+line = '{"message": "poison parked", "event.action": "message_dead"}' + " " * 200 + "\\n"
+while True:
+    sys.stdout.write(line)
+    sys.stdout.flush()
+"""
+
+
 def stand_in(*, ignore_sigterm: bool = False) -> str:
     """A stand-in for relay/consumer/scheduler: serves 200 on its metrics port, as they do."""
     code = _STAND_IN.format(ignore_sigterm=ignore_sigterm)
     return f"exec {shlex.quote(sys.executable)} -c {shlex.quote(code)}"
+
+
+def chatty_stand_in() -> str:
+    """A stand-in that logs as fast as it can, like a consumer parking a burst of poison."""
+    return f"exec {shlex.quote(sys.executable)} -c {shlex.quote(_CHATTY)}"
 
 
 def _wait_gone(stack: Stack, pids: dict[str, int], timeout: float = 5.0) -> list[str]:
@@ -51,6 +75,34 @@ def _wait_gone(stack: Stack, pids: dict[str, int], timeout: float = 5.0) -> list
         if not alive or time.monotonic() > deadline:
             return alive
         time.sleep(0.05)
+
+
+def _children() -> dict[int, list[int]]:
+    tree: dict[int, list[int]] = {}
+    for stat_path in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat_path.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        tree.setdefault(ppid, []).append(int(stat_path.parent.name))
+    return tree
+
+
+def _descendants(roots: set[int]) -> set[int]:
+    tree, found, todo = _children(), set(), list(roots)
+    while todo:
+        for child in tree.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def _command(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode() or str(pid)
+    except OSError:
+        return str(pid)
 
 
 def test_endpoints_file_is_private_and_names_everything(stack_factory: StackFactory) -> None:
@@ -102,7 +154,7 @@ def test_sigterm_stops_every_child_and_the_broker_within_10s(
         commands={"relay": stand_in(ignore_sigterm=True)},
     )
     owned = stack.owned_pids()
-    assert set(owned) == {"warehouse-1", "relay-1", "relay-2", "broker"}
+    assert set(owned) == {"warehouse-1", "relay-1", "relay-2", "kafka-1", "reaper"}
     assert all(stack.pid_alive(pid) for pid in owned.values())
 
     took = stack.stop()
@@ -111,6 +163,56 @@ def test_sigterm_stops_every_child_and_the_broker_within_10s(
     assert _wait_gone(stack, owned, timeout=1) == []
     assert not stack.endpoints_path.exists()
     assert "all processes stopped" in stack.output_tail()
+
+
+def test_sigterm_stops_within_10s_while_children_flood_the_terminal(
+    stack_factory: StackFactory,
+) -> None:
+    """honcho prints from its SIGTERM handler; one landing inside a write used to hang the
+    launcher for good (a plain lock around the printer), most often under heavy output."""
+    for attempt in range(4):
+        stack = stack_factory(
+            only=["consumer", "relay"],
+            scale={"consumer": 2},
+            commands={"consumer": chatty_stand_in(), "relay": chatty_stand_in()},
+        )
+        owned = stack.owned_pids()
+        time.sleep(0.5)  # let the flood reach the launcher's printer
+        took = stack.stop()
+        assert took < 10, f"try {attempt}: stop took {took:.1f}s"
+        assert _wait_gone(stack, owned, timeout=1) == [], f"try {attempt}"
+
+
+def test_a_launcher_killed_with_sigkill_leaves_no_child_behind(
+    stack_factory: StackFactory,
+) -> None:
+    """kill -9 of the launcher: its reaper stops every child, the broker and PostgreSQL."""
+    stack = stack_factory(
+        broker="launcher",
+        own_postgres=True,
+        only=["warehouse", "consumer", "relay"],
+        commands={"consumer": chatty_stand_in(), "relay": stand_in(ignore_sigterm=True)},
+    )
+    owned = stack.owned_pids()
+    assert {"warehouse-1", "consumer-1", "relay-1", "kafka-1", "reaper"} <= set(owned)
+    tagged = stack.tagged_pids()
+    assert set(owned.values()) - {owned["reaper"]} <= tagged
+    # Everything that descends from the launcher (honcho's relay processes, each child, the
+    # Kafka JVM), PostgreSQL's postmaster (pg_ctl daemonizes it) and its workers.
+    everything = _descendants({stack.process.pid} | tagged) | tagged
+    postmaster = [pid for pid in tagged if _command(pid).endswith("postgres")]
+    assert postmaster, f"no postgres among {[_command(pid) for pid in tagged]}"
+    assert len(everything) >= len(owned) + 5, [_command(pid) for pid in everything]
+
+    stack.process.kill()
+    stack.wait_exit(5)
+
+    # The reaper's grace is 4 s before SIGKILL (the relay here ignores SIGTERM).
+    left = _wait_gone(
+        stack, {f"{_command(pid)}#{pid}": pid for pid in everything | {owned["reaper"]}}, timeout=10
+    )
+    assert left == [], f"left running after kill -9 of the launcher: {left}"
+    stack.exit_code = -9
 
 
 def test_a_child_that_dies_stops_the_stack_and_is_named(stack_factory: StackFactory) -> None:

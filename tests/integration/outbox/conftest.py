@@ -1,7 +1,8 @@
 """Fixtures for the outbox's integration tests: engines, running relays, a topic reader.
 
 Everything is real: PostgreSQL from `database_url`, the broker from `kafka_bootstrap`
-(noida-db, or Tansu with STEADFAST_TEST_BROKER=tansu) or a private `broker_factory` one.
+(Apache Kafka, or noida-db with STEADFAST_TEST_BROKER=noida) or a private `broker_factory`
+one.
 Every wait is bounded by a deadline.
 """
 

@@ -57,6 +57,7 @@ EDGES = {
         "outbox/kafka.py",
         "services/reservation/lag.py",
         "services/reservation/relay_process.py",
+        "services/common/kafka.py",
         "local/infra.py",
     },
 }
