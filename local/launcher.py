@@ -181,6 +181,9 @@ class Launcher:
             raise
         self._done.set()
         self.endpoints.update(ready=False)
+        dropped = getattr(self.printer, "dropped", 0)
+        if dropped:
+            log.info("%d lines the children printed while stopping were not shown", dropped)
         if manager.stop_requested:
             log.info("all processes stopped")
             return 0

@@ -36,9 +36,23 @@ class LockedPrinter(Printer):  # type: ignore[misc]
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._lock = threading.RLock()
+        self._keep: frozenset[str] | None = None
+        self.dropped = 0
+
+    def only(self, names: frozenset[str]) -> None:
+        """From now on print only lines from `names` (the launcher's own, honcho's).
+
+        Set when the stack stops: honcho relays each child's output through an unbounded
+        buffer, so a child that logged faster than the terminal took it leaves a backlog
+        that would otherwise be printed, line by line, before the stop could finish.
+        """
+        self._keep = names
 
     def write(self, message: Any) -> None:
         with self._lock:
+            if self._keep is not None and message.name not in self._keep:
+                self.dropped += 1
+                return
             try:
                 super().write(message)
             except OSError:
@@ -107,8 +121,11 @@ class ProcessManager(Manager):  # type: ignore[misc]
         self.events = _EventTap(self.events, on_event)
         self.first_exit: tuple[str, int] | None = None
         self.stop_requested = False
+        self._printer_ref = printer
 
     def terminate(self) -> None:
         if self.first_exit is None:
             self.stop_requested = True
+        if isinstance(self._printer_ref, LockedPrinter):
+            self._printer_ref.only(frozenset({"system", "launcher"}))
         super().terminate()

@@ -27,7 +27,10 @@ TOKEN = "test-admin-token"
 
 def base_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("STEADFAST_")}
-    env.update({"STEADFAST_ADMIN_TOKEN": TOKEN, "STEADFAST_LOG_LEVEL": "INFO"})
+    # A crash in native code (SIGSEGV, SIGABRT) leaves the Python stacks in the log.
+    env.update(
+        {"STEADFAST_ADMIN_TOKEN": TOKEN, "STEADFAST_LOG_LEVEL": "INFO", "PYTHONFAULTHANDLER": "1"}
+    )
     env.update(extra or {})
     return env
 

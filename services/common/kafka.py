@@ -3,9 +3,10 @@
 `KafkaSecurity` is the usual set (security protocol, SASL mechanism, username, password,
 CA file), read as `STEADFAST_KAFKA_SECURITY__*`, with the password a `SecretStr`. It renders
 itself for librdkafka (relay, lag reader, load generator) and gives the TLS context the
-consumer's faust/aiokafka client needs. `preflight` makes one metadata request with those settings before a process
-starts its real clients, so a wrong password or an unreachable cluster ends start-up with
-a message that says which, instead of clients that retry quietly forever.
+consumer's faust/aiokafka client needs. `preflight` makes one metadata request with those
+settings before a process starts its real clients, so a wrong password or an unreachable
+cluster ends start-up with a message that says which, instead of clients that retry
+quietly forever.
 """
 
 from __future__ import annotations

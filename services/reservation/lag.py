@@ -10,9 +10,7 @@ import logging
 import threading
 from collections.abc import Mapping
 
-from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
-from confluent_kafka.admin import AdminClient
-from confluent_kafka.admin._listoffsets import OffsetSpec
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from services.reservation.metrics import ConsumerMetrics
 
@@ -20,6 +18,16 @@ log = logging.getLogger(__name__)
 
 
 class LagMonitor:
+    """Lag per partition, read with a plain confluent-kafka `Consumer` of the same group.
+
+    The consumer never subscribes, so it never joins the group: `committed()` and the
+    watermark query only read. Not the AdminClient's `list_consumer_group_offsets`: in
+    librdkafka an admin client's offset fetch that meets NOT_COORDINATOR (the group
+    coordinator moving during a broker restart) dereferences a missing consumer group
+    and crashes the process (SIGSEGV, seen in the rolling-restart chaos scenario;
+    confluent-kafka-javascript#374 has the same stack).
+    """
+
     def __init__(
         self,
         bootstrap: str,
@@ -31,7 +39,15 @@ class LagMonitor:
         interval_seconds: float = 5.0,
         timeout_seconds: float = 5.0,
     ) -> None:
-        self._admin = AdminClient({"bootstrap.servers": bootstrap, **(client_config or {})})
+        self._config: dict[str, object] = {
+            "bootstrap.servers": bootstrap,
+            "group.id": group,
+            "enable.auto.commit": False,
+            "client.id": f"{group}-lag-reader",
+            "log_level": 3,
+            **(client_config or {}),
+        }
+        self._client: Consumer | None = None
         self._group = group
         self._topic = topic
         self._metrics = metrics
@@ -46,35 +62,41 @@ class LagMonitor:
     def stop(self) -> None:
         self._stop.set()
 
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
     def measure(self) -> dict[int, int]:
         """Lag per partition of the topic; a partition with no commit counts from 0."""
-        meta = self._admin.list_topics(self._topic, timeout=self._timeout).topics[self._topic]
+        if self._client is None:
+            self._client = Consumer(self._config)
+        client = self._client
+        meta = client.list_topics(self._topic, timeout=self._timeout).topics[self._topic]
+        if meta.error is not None:
+            raise KafkaException(meta.error)
         partitions = [TopicPartition(self._topic, p) for p in sorted(meta.partitions)]
-        request = [ConsumerGroupTopicPartitions(self._group, partitions)]
-        committed_future = self._admin.list_consumer_group_offsets(
-            request, request_timeout=self._timeout
-        )[self._group]
         committed = {
             tp.partition: max(tp.offset, 0)
-            for tp in committed_future.result(self._timeout).topic_partitions
+            for tp in client.committed(partitions, timeout=self._timeout)
         }
-        latest = OffsetSpec.latest()  # type: ignore[no-untyped-call]
-        ends = self._admin.list_offsets(
-            {tp: latest for tp in partitions}, request_timeout=self._timeout
-        )
-        return {
-            tp.partition: max(
-                0, future.result(self._timeout).offset - committed.get(tp.partition, 0)
-            )
-            for tp, future in ends.items()
-        }
+        lags = {}
+        for tp in partitions:
+            _, high = client.get_watermark_offsets(tp, timeout=self._timeout, cached=False)
+            lags[tp.partition] = max(0, high - committed.get(tp.partition, 0))
+        return lags
 
     def _run(self) -> None:
-        while not self._stop.wait(self._interval):
-            try:
-                lags = self.measure()
-            except (KafkaException, KeyError, TimeoutError) as exc:
-                log.debug("lag not measured: %s", exc, extra={"event.action": "lag_unavailable"})
-                continue
-            for partition, lag in lags.items():
-                self._metrics.lag.labels(self._topic, str(partition)).set(lag)
+        try:
+            while not self._stop.wait(self._interval):
+                try:
+                    lags = self.measure()
+                except (KafkaException, KeyError, TimeoutError) as exc:
+                    log.debug(
+                        "lag not measured: %s", exc, extra={"event.action": "lag_unavailable"}
+                    )
+                    continue
+                for partition, lag in lags.items():
+                    self._metrics.lag.labels(self._topic, str(partition)).set(lag)
+        finally:
+            self.close()

@@ -63,7 +63,10 @@ class Pipeline:
         monitor = LagMonitor(
             self.bootstrap, self.group, self.topic, ConsumerMetrics(CollectorRegistry())
         )
-        return monitor.measure()
+        try:
+            return monitor.measure()
+        finally:
+            monitor.close()
 
 
 @pytest.fixture
