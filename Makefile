@@ -29,7 +29,7 @@ PYTHON := $(shell for p in python3 python3.13 python3.12 python3.11; do \
 	&& { echo $$p; break; }; done)
 endif
 
-.PHONY: help install run lint format typecheck unit integration e2e test chaos bench prometheus-tools \
+.PHONY: help install run lint format typecheck unit integration e2e test chaos bench idle prometheus-tools \
 	clean distclean
 
 help:
@@ -40,7 +40,8 @@ help:
 	@echo "make typecheck    mypy $(MYPY_PATHS)"
 	@echo "make unit | integration | e2e    one test tier (PYTEST_ARGS='-k name' to narrow)"
 	@echo "make chaos        the chaos suite at full scale (>= 20k orders); writes results/chaos.json"
-	@echo "make bench        benchmarks (BENCH='relay consumer recovery e2e'); writes results/bench-*.json"
+	@echo "make bench        benchmarks (BENCH='relay consumer recovery e2e idle'); writes results/bench-*.json"
+	@echo "make idle         the stack up with no orders for 30 s: % of a core per process"
 	@echo "make install      create $(VENV) and install the project (done on demand)"
 	@echo "make clean        remove local state (.steadfast) and caches; distclean also $(VENV)"
 
@@ -97,6 +98,9 @@ e2e: $(STAMP) prometheus-tools
 # PostgreSQL and a broker itself (local.infra, as `make run` does). BENCH='relay' picks some.
 bench: $(STAMP)
 	$(BIN)/python -m bench $(BENCH)
+
+idle: $(STAMP)
+	$(BIN)/python -m bench.bench_idle
 
 # Kills, restarts and outages under load at full scale (the reduced run is part of `test`).
 # Prints a table per scenario and writes results/chaos.json; takes about 15-25 minutes.

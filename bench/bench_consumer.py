@@ -24,6 +24,7 @@ from bench.common import (
 )
 from bench.orders import copy_orders, make_orders
 from bench.topic import group_lag, produce_orders
+from local.infra import BROKERS
 from tests.processes import start_warehouse
 
 NAME = "consumer"
@@ -67,8 +68,6 @@ def run(events: int = 20_000, timeout: float = 120.0, broker: str | None = None)
                     return int(row[0]) if row else 0
 
                 def no_lag() -> bool:
-                    if infra.broker_kind == "tansu":
-                        return True  # Tansu's high watermark is wrong; all final must do
                     return group_lag(infra.bootstrap, infra.topic, infra.partitions, GROUP) == 0
 
                 result = drain(final, events, timeout=timeout, finished=no_lag)
@@ -111,7 +110,7 @@ def main(argv: list[str] | None = None) -> BenchResult:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--events", type=int, default=20_000)
     parser.add_argument("--timeout", type=float, default=120.0, help="drain time limit, s")
-    parser.add_argument("--broker", choices=("noida", "tansu"), default=None)
+    parser.add_argument("--broker", choices=BROKERS, default=None)
     args = parser.parse_args(argv)
     result = run(events=args.events, timeout=args.timeout, broker=args.broker)
     report(result)

@@ -354,7 +354,7 @@ def main(argv: list[str] | None = None) -> BenchResult:
     parser.add_argument("--rate", type=float, default=LATENCY_RATE, help="latency run's rate")
     parser.add_argument("--warmup", type=int, default=500, help="orders before measuring")
     parser.add_argument("--log-level", default="WARNING", help="the processes' log level")
-    parser.add_argument("--broker", choices=("noida", "tansu"), default=None)
+    parser.add_argument("--broker", choices=local_infra.BROKERS, default=None)
     parser.add_argument(
         "--profile", action="store_true", help="py-spy flame graphs (PY_SPY or PATH)"
     )

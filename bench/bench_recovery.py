@@ -29,7 +29,7 @@ from bench.common import (
     start_process,
 )
 from bench.orders import BenchOrder, make_orders
-from local.infra import free_port
+from local.infra import BROKERS, free_port
 from tests.processes import start_warehouse
 
 NAME = "recovery"
@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> BenchResult:
     parser.add_argument("--messages", type=int, default=10_000)
     parser.add_argument("--rate", type=float, default=500.0, help="re-drives per second")
     parser.add_argument("--timeout", type=float, default=None, help="default: 1.5x the ideal")
-    parser.add_argument("--broker", choices=("noida", "tansu"), default=None)
+    parser.add_argument("--broker", choices=BROKERS, default=None)
     args = parser.parse_args(argv)
     result = run(messages=args.messages, rate=args.rate, timeout=args.timeout, broker=args.broker)
     report(result)

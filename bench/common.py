@@ -75,9 +75,9 @@ def within_tolerance(measured: float, expected: float, tolerance: float) -> bool
 
 @dataclass(frozen=True, kw_only=True)
 class Target:
-    """A pass condition on one number: at least `value`, or within ±`tolerance` of it."""
+    """A pass condition on one number: at least or at most `value`, or within ±`tolerance`."""
 
-    kind: Literal["at_least", "within"]
+    kind: Literal["at_least", "at_most", "within"]
     value: float
     tolerance: float = 0.0
 
@@ -86,17 +86,25 @@ class Target:
         return cls(kind="at_least", value=value)
 
     @classmethod
+    def at_most(cls, value: float) -> Target:
+        return cls(kind="at_most", value=value)
+
+    @classmethod
     def within(cls, value: float, tolerance: float) -> Target:
         return cls(kind="within", value=value, tolerance=tolerance)
 
     def met(self, measured: float) -> bool:
         if self.kind == "at_least":
             return measured >= self.value
+        if self.kind == "at_most":
+            return measured <= self.value
         return within_tolerance(measured, self.value, self.tolerance)
 
     def describe(self) -> str:
         if self.kind == "at_least":
             return f">= {self.value:,.0f}"
+        if self.kind == "at_most":
+            return f"<= {self.value:,.1f}"
         return f"{self.value:,.0f} ±{self.tolerance:.0%}"
 
 
@@ -301,12 +309,13 @@ def bench_infra(
 
     PostgreSQL: STEADFAST_DATABASE_URL, else 127.0.0.1:5432, else embedded; the database
     `steadfast_bench_<name>` is dropped, re-created and migrated. Broker: an existing
-    STEADFAST_KAFKA_BOOTSTRAP_SERVERS, else a fresh one of `broker` (STEADFAST_BROKER,
-    default noida) with an empty data dir, stopped on exit. The topic is unique per run.
+    STEADFAST_KAFKA_BOOTSTRAP_SERVERS, else a fresh one of `broker` (STEADFAST_BROKER, else
+    Apache Kafka when Java 17+ is on PATH, else noida-db) with an empty data dir, stopped on
+    exit. The topic is unique per run.
     """
     import migrations
 
-    kind = broker or os.environ.get("STEADFAST_BROKER", "noida")
+    kind = broker or infra.default_broker()
     state = STATE_DIR / name
     log_dir = state / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -321,9 +330,13 @@ def bench_infra(
         if bootstrap:
             kind = "external"
         else:
-            # A fresh data dir: noida rewrites its whole data file, so old runs' records
-            # would slow this one down.
-            shutil.rmtree(state / f"broker-{kind}", ignore_errors=True)
+            # A fresh data dir: no earlier run's records or groups (noida-db also rewrites
+            # its whole data file, so old records would slow it down).
+            for old in (state / "broker-noida", *state.glob("kafka-*")):
+                if old.is_dir():
+                    shutil.rmtree(old, ignore_errors=True)
+                else:
+                    old.unlink(missing_ok=True)
             started = infra.start_broker(kind, state)
             stack.callback(started.stop)
             bootstrap = started.bootstrap

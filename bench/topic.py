@@ -1,8 +1,4 @@
-"""Kafka helpers for the benches: fill a topic, read end offsets and a group's lag.
-
-Lag is only trustworthy on noida: Tansu reports a wrong high watermark
-(/work/shared/ENVIRONMENT.md), so callers treat it as "unknown" there.
-"""
+"""Kafka helpers for the benches: fill a topic, read end offsets and a group's lag."""
 
 from __future__ import annotations
 

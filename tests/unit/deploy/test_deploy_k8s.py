@@ -46,6 +46,7 @@ from pydantic import BaseModel, SecretStr
 from pydantic_settings import BaseSettings
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from local.kafka_jars import KAFKA_VERSION
 from services.common.settings import ENV_PREFIX, AdminAuth
 from services.reservation.api import create_api
 from services.reservation.settings import (
@@ -678,6 +679,9 @@ def test_images_are_pinned(render: Render) -> None:
             if is_ours(container):
                 expected = "local" if render.overlay == "local" else version
                 assert tag == expected, f"{container['image']}: expected tag {expected}"
+            elif container["image"].startswith("apache/kafka:"):
+                # The broker the launcher runs from Maven Central, at the same version.
+                assert tag == KAFKA_VERSION, f"{container['image']}: expected {KAFKA_VERSION}"
     if render.overlay == "local":
         assert {c["image"] for _, _, c in ours(render)} == {"steadfast:local"}
 

@@ -23,6 +23,7 @@ from observability_queries import ROOT
 from pydantic import BaseModel, SecretStr
 from pydantic_settings import BaseSettings
 
+from local.kafka_jars import KAFKA_VERSION
 from services.common.settings import ENV_PREFIX, AdminAuth
 from services.reservation.settings import (
     ORDER_EVENTS_TOPIC,
@@ -59,7 +60,8 @@ FIXED_PORTS = {
     "kibana": 5601,
 }
 IMAGES = {
-    "kafka": "apache/kafka:3.9.0",
+    # The same Apache Kafka the launcher runs from Maven Central (KRaft, no ZooKeeper).
+    "kafka": f"apache/kafka:{KAFKA_VERSION}",
     "postgres": "postgres:16",
     "elasticsearch": "docker.elastic.co/elasticsearch/elasticsearch:8.",
     "logstash": "docker.elastic.co/logstash/logstash:8.",
