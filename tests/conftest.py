@@ -26,6 +26,7 @@ from sqlalchemy.engine import make_url
 import migrations
 from local import infra
 from local.kafka_jars import KAFKA_VERSION
+from tests.processes import postgres_state_dir
 
 TEST_ENV_PREFIX = "STEADFAST_TEST_"
 
@@ -59,11 +60,12 @@ def pg_server_url(infra_dir: Path) -> Iterator[str]:
         with PostgresContainer("postgres:16-alpine", driver=None) as container:
             yield container.get_connection_url()
         return
-    pg = infra.find_or_start_postgres(infra_dir)
-    try:
-        yield pg.url
-    finally:
-        pg.stop()
+    with postgres_state_dir() as state:
+        pg = infra.find_or_start_postgres(state)
+        try:
+            yield pg.url
+        finally:
+            pg.stop()
 
 
 def _admin(url: str) -> psycopg.Connection[tuple[object, ...]]:

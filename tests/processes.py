@@ -6,13 +6,16 @@ stopped with SIGTERM (then SIGKILL) when the test ends.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -119,3 +122,19 @@ def start_warehouse(log_dir: Path, **faults_env: str) -> Proc:
 
 def admin_headers() -> dict[str, str]:
     return {"Authorization": f"Bearer {TOKEN}"}
+
+
+@contextlib.contextmanager
+def postgres_state_dir() -> Iterator[Path]:
+    """A home for an embedded PostgreSQL outside pytest's temporary tree.
+
+    The server runs as `nobody`, which needs to traverse every parent of its data dir,
+    and each pytest session that starts strips group and other bits from
+    /tmp/pytest-of-<user>: a second session (a test run beside another) cut a running
+    server off its own files (PANIC: could not open pg_control).
+    """
+    path = Path(tempfile.mkdtemp(prefix="steadfast-pg-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)

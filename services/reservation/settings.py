@@ -24,9 +24,12 @@ class KafkaConfig(BaseModel):
     topic: str = ORDER_EVENTS_TOPIC
     partitions: int = Field(default=6, ge=1)
     consumer_group: str = "steadfast-reservations"
+    # Kafka's smallest allowed (group.min.session.timeout.ms): a consumer killed with -9
+    # hands its partitions to the others this long after its last heartbeat.
     session_timeout_seconds: float = Field(default=6.0, gt=0)
-    # Low in dev/CI: a member killed with kill -9 is only replaced after this on some brokers.
-    max_poll_interval_seconds: float = Field(default=15.0, gt=0)
+    # A consumer whose loop is stuck (not a paused one: paused partitions still poll)
+    # gives its partitions back after this; Kafka's 300 s default would hold them longer.
+    max_poll_interval_seconds: float = Field(default=60.0, gt=0)
     # faust hands a whole fetch to the agent before it fetches again, and the Kafka client
     # leaves the group when no fetch happened for max_poll_interval: a large backlog
     # fetched in one piece (thousands of records, drained at the processing rate) would

@@ -12,6 +12,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Header, HTTPException, Path, Response
@@ -24,8 +25,12 @@ from services.warehouse_mock.admin import admin_router
 from services.warehouse_mock.faults import FaultDecision, FaultInjector, FaultKind
 from services.warehouse_mock.middleware import BodySizeLimit, RequestRecorder
 from services.warehouse_mock.models import (
+    BatchLineResult,
+    BatchOut,
+    BatchRequest,
     CallStats,
     Health,
+    ItemLine,
     ReservationOut,
     ReservationRequest,
     StatsReport,
@@ -38,6 +43,7 @@ from services.warehouse_mock.stock import (
     IdempotencyConflict,
     Line,
     OutOfStock,
+    Reservation,
     Stock,
     UnknownReservation,
 )
@@ -88,12 +94,17 @@ def create_app(
 
     def report() -> StatsReport:
         levels = stock[0].levels()
+        per_order = stock[0].reservations_per_order()
         return StatsReport(
             calls=CallStats(total=sum(stats.calls.values()), by_route=stats.calls_by_route()),
             reservations=stats.reservations,
             releases=stats.releases,
             duplicates_deflected=stats.duplicates_deflected,
             duplicate_reservations=stats.duplicate_reservations,
+            orders_reserved=len(per_order),
+            orders_reserved_more_than_once=sum(1 for n in per_order.values() if n > 1),
+            max_reservations_per_order=max(per_order.values(), default=0),
+            lines=stats.lines,
             idempotency_conflicts=stats.idempotency_conflicts,
             out_of_stock=stats.out_of_stock,
             faults={kind.value: count for kind, count in stats.faults.items()},
@@ -104,8 +115,8 @@ def create_app(
             ),
         )
 
-    async def apply_faults(route: str, key: str) -> FaultDecision:
-        """Draw this call's faults; raise the injected error response, if any."""
+    def draw(route: str, key: str) -> FaultDecision:
+        """This call's (or batch line's) faults, counted and logged."""
         decision = injector.decide()
         for kind in decision.kinds:
             stats.fault(kind)
@@ -120,20 +131,66 @@ def create_app(
                     "http.response.status_code": decision.status,
                 },
             )
+        return decision
+
+    async def apply_faults(route: str, key: str) -> FaultDecision:
+        """Draw this call's faults; raise the injected error response, if any."""
+        decision = draw(route, key)
         if decision.latency_seconds > 0:
             await sleep(decision.latency_seconds)
         if decision.status is not None:
             headers = None
             if decision.retry_after_seconds is not None:
                 headers = {"Retry-After": str(decision.retry_after_seconds)}
-            detail = _FAULT_DETAIL.get(decision.kind) if decision.kind else None
-            raise HTTPException(decision.status, detail or "injected failure", headers=headers)
+            raise HTTPException(decision.status, _fault_detail(decision), headers=headers)
         return decision
 
     async def hold_if_timeout(decision: FaultDecision) -> None:
         # The work is done; withholding the answer makes the client's timeout ambiguous.
         if decision.delay_after_seconds > 0:
             await sleep(decision.delay_after_seconds)
+
+    def reserve_line(key: str, order_id: str, items: list[ItemLine]) -> LineAnswer:
+        """The idempotent reserve of one reservation, as a status and a body."""
+        labels = {"labels.order_id": order_id, "labels.reservation_id": key}
+        lines = [Line(item.sku, item.quantity) for item in items]
+        stats.lines += 1
+        try:
+            outcome = stock[0].reserve(key, order_id, lines)
+        except OutOfStock as exc:
+            stats.out_of_stock += 1
+            logger.info(str(exc), extra={"event.action": "reservation_out_of_stock", **labels})
+            return LineAnswer(
+                409,
+                {
+                    "detail": str(exc),
+                    "sku": exc.sku,
+                    "requested": exc.requested,
+                    "available": exc.available,
+                },
+            )
+        except IdempotencyConflict as exc:
+            stats.idempotency_conflicts += 1
+            logger.warning(str(exc), extra={"event.action": "idempotency_conflict", **labels})
+            return LineAnswer(422, {"detail": str(exc)})
+        if outcome.created:
+            stats.reservations += 1
+            logger.info("reservation made", extra={"event.action": "reservation_made", **labels})
+            if outcome.duplicate_of:
+                # A second reservation for one order: the client minted a fresh key on retry.
+                stats.duplicate_reservations += 1
+                logger.warning(
+                    "order reserved again under a different idempotency key",
+                    extra={
+                        "event.action": "duplicate_reservation",
+                        "labels.earlier_reservation_ids": ",".join(outcome.duplicate_of),
+                        **labels,
+                    },
+                )
+            return LineAnswer(201, reservation=outcome.reservation)
+        stats.duplicates_deflected += 1
+        logger.info("duplicate deflected", extra={"event.action": "duplicate_deflected", **labels})
+        return LineAnswer(200, reservation=outcome.reservation)
 
     app = FastAPI(
         title="steadfast warehouse mock",
@@ -177,51 +234,62 @@ def create_app(
         if idempotency_key is None:
             raise HTTPException(400, "Idempotency-Key header is required")
         decision = await apply_faults("POST /reservations", idempotency_key)
-        order_id = request_body.order_id
-        labels = {"labels.order_id": order_id, "labels.reservation_id": idempotency_key}
-        lines = [Line(item.sku, item.quantity) for item in request_body.items]
-        try:
-            outcome = stock[0].reserve(idempotency_key, order_id, lines)
-        except OutOfStock as exc:
-            stats.out_of_stock += 1
-            logger.info(str(exc), extra={"event.action": "reservation_out_of_stock", **labels})
-            await hold_if_timeout(decision)
-            return JSONResponse(
-                status_code=409,
-                content={
-                    "detail": str(exc),
-                    "sku": exc.sku,
-                    "requested": exc.requested,
-                    "available": exc.available,
-                },
-            )
-        except IdempotencyConflict as exc:
-            stats.idempotency_conflicts += 1
-            logger.warning(str(exc), extra={"event.action": "idempotency_conflict", **labels})
-            await hold_if_timeout(decision)
-            return JSONResponse(status_code=422, content={"detail": str(exc)})
-        if outcome.created:
-            stats.reservations += 1
-            logger.info("reservation made", extra={"event.action": "reservation_made", **labels})
-            if outcome.duplicate_of:
-                # A second reservation for one order: the client minted a fresh key on retry.
-                stats.duplicate_reservations += 1
-                logger.warning(
-                    "order reserved again under a different idempotency key",
-                    extra={
-                        "event.action": "duplicate_reservation",
-                        "labels.earlier_reservation_ids": ",".join(outcome.duplicate_of),
-                        **labels,
-                    },
-                )
-        else:
-            stats.duplicates_deflected += 1
-            response.status_code = 200
-            logger.info(
-                "duplicate deflected", extra={"event.action": "duplicate_deflected", **labels}
-            )
+        answer = reserve_line(idempotency_key, request_body.order_id, request_body.items)
         await hold_if_timeout(decision)
-        return ReservationOut.of(outcome.reservation)
+        if answer.reservation is None:
+            return JSONResponse(status_code=answer.status, content=answer.body)
+        response.status_code = answer.status
+        return ReservationOut.of(answer.reservation)
+
+    @app.post(
+        "/reservations/batch",
+        response_model=BatchOut,
+        tags=["reservations"],
+        responses=error_responses(413, 422, "4XX", "5XX"),
+    )
+    async def reserve_batch(request_body: BatchRequest) -> BatchOut:
+        """Reserve many orders in one call; every line is its own reservation.
+
+        Faults are drawn per line, exactly as for one `POST /reservations` each: a line
+        may fail (with its own status and Retry-After) while the others succeed. Latency
+        is the slowest line's; a line drawing a timeout is applied, and the whole answer
+        is then held back, as a slow warehouse would. Lines run in request order, so two
+        lines of one order are applied in the order sent.
+        """
+        route = "POST /reservations/batch"
+        decisions = [draw(route, line.reservation_id) for line in request_body.reservations]
+        latency = max(d.latency_seconds for d in decisions)
+        if latency > 0:
+            await sleep(latency)
+        results = []
+        for line, decision in zip(request_body.reservations, decisions, strict=True):
+            if decision.status is not None:
+                results.append(
+                    BatchLineResult(
+                        reservation_id=line.reservation_id,
+                        order_id=line.order_id,
+                        status=decision.status,
+                        detail=_fault_detail(decision),
+                        retry_after_seconds=decision.retry_after_seconds,
+                    )
+                )
+                continue
+            answer = reserve_line(line.reservation_id, line.order_id, line.items)
+            results.append(
+                BatchLineResult(
+                    reservation_id=line.reservation_id,
+                    order_id=line.order_id,
+                    status=answer.status,
+                    detail=None if answer.body is None else str(answer.body.get("detail")),
+                    reservation=ReservationOut.of(answer.reservation)
+                    if answer.reservation
+                    else None,
+                )
+            )
+        hold = max(d.delay_after_seconds for d in decisions)
+        if hold > 0:
+            await sleep(hold)
+        return BatchOut(results=results)
 
     @app.delete(
         "/reservations/{reservation_id}",
@@ -275,6 +343,19 @@ def create_app(
     )
     _document_key_as_required(app)
     return app
+
+
+@dataclass(frozen=True, slots=True)
+class LineAnswer:
+    """What one reservation line came to: a status, and a reservation or an error body."""
+
+    status: int
+    body: dict[str, Any] | None = None
+    reservation: Reservation | None = None
+
+
+def _fault_detail(decision: FaultDecision) -> str:
+    return (_FAULT_DETAIL.get(decision.kind) if decision.kind else None) or "injected failure"
 
 
 def _document_key_as_required(app: FastAPI) -> None:

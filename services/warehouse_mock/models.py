@@ -40,6 +40,21 @@ class ReservationRequest(BaseModel):
     items: Annotated[list[ItemLine], Field(min_length=1, max_length=MAX_ITEMS)]
 
 
+MAX_BATCH = 1000
+
+
+class BatchLine(ReservationRequest):
+    reservation_id: Annotated[
+        Text,
+        Field(min_length=1, max_length=200, description="Idempotency key of this line"),
+    ]
+
+
+class BatchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    reservations: Annotated[list[BatchLine], Field(min_length=1, max_length=MAX_BATCH)]
+
+
 class ReservationOut(BaseModel):
     reservation_id: str
     order_id: str
@@ -92,6 +107,22 @@ class StockSummary(BaseModel):
     levels: dict[str, int] = Field(description="Current level per SKU, first 200 by name")
 
 
+class BatchLineResult(BaseModel):
+    reservation_id: str
+    order_id: str
+    status: int = Field(
+        description="What POST /reservations would have answered for this line: 201 made, "
+        "200 duplicate, 409 out of stock, 422 conflict or rejected, 429/5xx injected"
+    )
+    detail: str | None = None
+    retry_after_seconds: int | None = None
+    reservation: ReservationOut | None = None
+
+
+class BatchOut(BaseModel):
+    results: list[BatchLineResult] = Field(description="One per line, in request order")
+
+
 class CallStats(BaseModel):
     total: int
     by_route: dict[str, dict[str, int]] = Field(
@@ -108,6 +139,12 @@ class StatsReport(BaseModel):
         description="New reservations for an order already reserved under another key; "
         "a correct client keeps this at 0"
     )
+    orders_reserved: int = Field(description="Distinct orders with at least one reservation")
+    orders_reserved_more_than_once: int = Field(
+        description="Orders with more than one reservation created (whatever the keys)"
+    )
+    max_reservations_per_order: int = Field(description="Most reservations made for one order")
+    lines: int = Field(description="Reservation lines handled, single calls and batch lines")
     idempotency_conflicts: int = Field(description="Same key with a different body")
     out_of_stock: int
     faults: dict[str, int] = Field(description="Injected faults by kind")

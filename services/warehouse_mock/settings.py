@@ -34,7 +34,8 @@ class WarehouseMockSettings(AdminAuth, BaseSettings):
     warehouse_faults: FaultConfig = Field(
         default_factory=FaultConfig, description="Faults active at start and after a reset"
     )
-    warehouse_max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
+    # A batch of 1,000 reservation lines is about 150 KB of JSON.
+    warehouse_max_body_bytes: int = Field(default=1024 * 1024, ge=1024, le=16 * 1024 * 1024)
     # A timeout fault holds a response for up to minutes; shutdown must not wait for it.
     warehouse_shutdown_grace_seconds: int = Field(default=5, ge=0, le=300)
     log_level: str = "INFO"

@@ -46,6 +46,7 @@ class Stats:
         self.duplicate_reservations = 0
         self.idempotency_conflicts = 0
         self.out_of_stock = 0
+        self.lines = 0
         self.faults: Counter[FaultKind] = Counter({kind: 0 for kind in FaultKind})
 
     def call(self, route: str, status: int) -> None:

@@ -165,3 +165,7 @@ class Stock:
 
     def reservation_count(self) -> int:
         return len(self._reservations)
+
+    def reservations_per_order(self) -> dict[str, int]:
+        """Reservations created per order id: the side effect a duplicate would repeat."""
+        return {order_id: len(ids) for order_id, ids in self._by_order.items()}

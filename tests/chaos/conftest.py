@@ -7,6 +7,7 @@ the same invariants on fewer orders and writes nothing.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import migrations
 from local import infra
 from tests.chaos.audit import RESULTS_PATH, ScenarioResult, table, write_json
 from tests.chaos.harness import ChaosStack, Scale, build_stack, scale_from_env
+from tests.processes import postgres_state_dir
 
 _RESULTS = pytest.StashKey[list[ScenarioResult]]()
 
@@ -50,6 +52,7 @@ def chaos_stack(
     """
     stacks: list[ChaosStack] = []
     servers: list[infra.Postgres] = []
+    cleanup = contextlib.ExitStack()
 
     def make(
         *,
@@ -60,7 +63,8 @@ def chaos_stack(
     ) -> ChaosStack:
         pg = None
         if private_pg:
-            pg = infra.start_embedded_postgres(tmp_path / "pg")
+            pg_dir = cleanup.enter_context(postgres_state_dir())
+            pg = infra.start_embedded_postgres(pg_dir)
             servers.append(pg)
             database_url = infra.ensure_database(pg.url, "steadfast_chaos")
             migrations.upgrade(database_url)
@@ -83,6 +87,7 @@ def chaos_stack(
         stack.stop_all()
     for pg in servers:
         pg.stop()
+    cleanup.close()
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

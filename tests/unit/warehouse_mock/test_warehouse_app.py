@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
@@ -182,7 +182,18 @@ async def test_a_hundred_items_are_accepted(client: httpx.AsyncClient) -> None:
     assert response.status_code == 201
 
 
-async def test_an_oversized_body_is_a_413(client: httpx.AsyncClient) -> None:
+@pytest.fixture
+async def small_client(app_factory: Callable[..., FastAPI]) -> AsyncIterator[httpx.AsyncClient]:
+    """A mock whose body limit is 64 KiB (the default, 1 MiB, leaves room for batches)."""
+    app = app_factory(warehouse_max_body_bytes=64 * 1024)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://warehouse.test"
+    ) as http:
+        yield http
+
+
+async def test_an_oversized_body_is_a_413(small_client: httpx.AsyncClient) -> None:
+    client = small_client
     body = b'{"order_id": "' + b"x" * 70_000 + b'"}'
     response = await client.post(
         "/reservations",
@@ -194,7 +205,9 @@ async def test_an_oversized_body_is_a_413(client: httpx.AsyncClient) -> None:
     assert (await stats(client))["calls"]["by_route"]["POST /reservations"] == {"413": 1}
 
 
-async def test_a_streamed_oversized_body_is_a_413(client: httpx.AsyncClient) -> None:
+async def test_a_streamed_oversized_body_is_a_413(small_client: httpx.AsyncClient) -> None:
+    client = small_client
+
     async def chunks() -> Any:
         for _ in range(20):
             yield b" " * 8192
