@@ -9,12 +9,23 @@ import sys
 from pathlib import Path
 
 import click
+from rich.console import Console
+from rich.style import Style
+from rich.text import Text
 
-from local import infra
+from local import infra, logview
 from local.launcher import Launcher
 from local.manager import LockedPrinter, PrinterHandler
 from local.plan import KAFKA_SECURITY, ROLES, LaunchError, LaunchOptions
 from local.reaper import tag_this_process
+
+LOG_FORMATS = ("auto", "pretty", "json")
+STATE_DIR = Path(".steadfast")
+
+
+def _pretty(log_format: str, isatty: bool) -> bool:
+    """`auto` renders for a person on a terminal and keeps JSON lines on a pipe or a file."""
+    return log_format == "pretty" or (log_format == "auto" and isatty)
 
 
 def _parse_scale(values: tuple[str, ...]) -> dict[str, int]:
@@ -46,7 +57,7 @@ def main() -> None:
 @click.option(
     "--state-dir",
     type=click.Path(file_okay=False, path_type=Path),
-    default=Path(".steadfast"),
+    default=STATE_DIR,
     show_default=True,
     help="Data of the embedded PostgreSQL and broker, logs, run/endpoints.json.",
 )
@@ -90,6 +101,14 @@ def main() -> None:
     metavar="NAME=CMD",
     help="Run CMD (a shell command) in place of a process, e.g. a stand-in while debugging.",
 )
+@click.option(
+    "--log-format",
+    type=click.Choice(LOG_FORMATS),
+    default="auto",
+    show_default=True,
+    help="pretty: short coloured lines; json: the processes' JSON lines (auto: pretty on a "
+    "terminal). <state-dir>/logs/<process>.log keeps JSON either way.",
+)
 def run(
     state_dir: Path,
     broker: str | None,
@@ -99,10 +118,15 @@ def run(
     only: str | None,
     no_prometheus: bool,
     commands: tuple[str, ...],
+    log_format: str,
 ) -> None:
     """Start the stack in the foreground; Ctrl-C stops it all."""
     tag_this_process()  # re-executes once, in place, so every child can be found later
-    printer = LockedPrinter(sys.stdout)
+    printer = LockedPrinter(
+        sys.stdout,
+        pretty=_pretty(log_format, sys.stdout.isatty()),
+        log_dir=state_dir.resolve() / "logs",
+    )
     handler = PrinterHandler(printer)
     handler.setFormatter(logging.Formatter("%(message)s"))
     logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
@@ -121,14 +145,59 @@ def run(
         )
     except LaunchError as exc:
         raise click.UsageError(str(exc)) from exc
-    sys.exit(Launcher(options, printer).run())
+    try:
+        code = Launcher(options, printer).run()
+    finally:
+        printer.close()
+    sys.exit(code)
+
+
+@main.command("logs")
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=STATE_DIR,
+    show_default=True,
+)
+@click.option("--order", "order_id", required=True, metavar="ID", help="The order's id.")
+@click.option(
+    "--format",
+    "log_format",
+    type=click.Choice(LOG_FORMATS),
+    default="auto",
+    show_default=True,
+    help="pretty: short lines (coloured on a terminal); json: the records as logged.",
+)
+def logs(state_dir: Path, order_id: str, log_format: str) -> None:
+    """Print one order's journey across every process, oldest first.
+
+    Reads <state-dir>/logs/*.log (written by `run`): the records that name the order, and
+    those on the same trace (the relay's and the consumer's lines).
+    """
+    log_dir = state_dir / "logs"
+    if not log_dir.is_dir():
+        raise click.ClickException(f"{log_dir} not found: no `make run` has written logs here")
+    entries = logview.order_journey(log_dir, order_id.strip())
+    if not entries:
+        raise click.ClickException(f"no log line in {log_dir} names order {order_id}")
+    console = Console(soft_wrap=True, highlight=False, markup=False, emoji=False)
+    if not _pretty(log_format, console.is_terminal):
+        for entry in entries:
+            click.echo(entry.line)
+        return
+    width = max(len(e.process) for e in entries)
+    styles: dict[str, Style] = {}
+    for entry in entries:
+        style = styles.setdefault(entry.process, logview.process_style(len(styles)))
+        name = Text(entry.process.ljust(width), style=style)
+        console.print(logview.render_record(entry.record, name, received=entry.when))
 
 
 @main.command("env")
 @click.option(
     "--state-dir",
     type=click.Path(file_okay=False, path_type=Path),
-    default=Path(".steadfast"),
+    default=STATE_DIR,
     show_default=True,
 )
 def env(state_dir: Path) -> None:
