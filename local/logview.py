@@ -29,8 +29,8 @@ from rich.console import Console
 from rich.style import Style
 from rich.text import Text
 
-ORDER_FIELDS = ("labels.order_id", "labels.message_key")
-"""Where a record names its order: the app's field, and the retry engine's generic one."""
+ORDER_FIELD = "labels.order_id"
+"""Where a record names its order (the retry engine's `labels.message_key` is copied here)."""
 
 LEVEL_STYLES: dict[str, Style] = {
     "debug": Style(dim=True),
@@ -68,11 +68,8 @@ def timestamp(record: dict[str, Any]) -> dt.datetime | None:
 
 
 def order_of(record: dict[str, Any]) -> str | None:
-    for name in ORDER_FIELDS:
-        value = record.get(name)
-        if value:
-            return str(value)
-    return None
+    value = record.get(ORDER_FIELD)
+    return str(value) if value else None
 
 
 def honcho_style(colour: str | None) -> Style:
