@@ -3,7 +3,9 @@
 Order of work: find or start PostgreSQL and a broker (`local.infra`), migrate the service
 database, create the topic, pick free loopback ports (`local.plan`), write
 `<state>/run/endpoints.json` (mode 600, `local.endpoints`), then run the processes with
-honcho's `Manager` (`local.manager`) and wait for them to answer. Ctrl-C or SIGTERM stops
+honcho's `Manager` (`local.manager`) and wait for them to answer. Prometheus and
+Alertmanager (`local.alertmanager`) run beside them when installed; Alertmanager's
+default route is the ops console's webhook. Ctrl-C or SIGTERM stops
 every child (honcho: SIGTERM, then SIGKILL after 4 s), then the broker and an embedded
 PostgreSQL side by side (3 s each at most), so a stop takes under 10 s. If a child dies on
 its own, honcho stops the rest and the launcher names the one that died and exits
@@ -32,14 +34,17 @@ import httpx
 from honcho.printer import Printer
 from sqlalchemy.engine import make_url
 
-from local import infra
+from local import alertmanager, infra
 from local.endpoints import EndpointsFile
 from local.manager import LockedPrinter, ProcessManager
 from local.plan import (
+    ALERT_RULES,
+    HTTP_ROLES,
     LOOPBACK,
     Instance,
     LaunchError,
     LaunchOptions,
+    Links,
     command_for,
     plan,
     process_env,
@@ -124,9 +129,18 @@ class Launcher:
             "STEADFAST_ADMIN_TOKEN": token,
             **(broker.client_env() if broker is not None else {}),
         }
-        by_role = {i.role: i for i in instances if i.role in {"api", "warehouse"}}
+        by_role = {i.role: i for i in instances if i.role in HTTP_ROLES}
         warehouse_url = by_role["warehouse"].base_url if "warehouse" in by_role else None
+        console_url = by_role["console"].base_url if "console" in by_role else None
         prometheus = self._prometheus_port()
+        alerts = self._alertmanager_port() if prometheus else None
+        links = Links(
+            api=by_role["api"].base_url if "api" in by_role else None,
+            warehouse=warehouse_url,
+            prometheus=f"http://{LOOPBACK}:{prometheus}" if prometheus else None,
+            alertmanager=f"http://{LOOPBACK}:{alerts}" if alerts else None,
+        )
+        extra = (["prometheus"] if prometheus else []) + (["alertmanager"] if alerts else [])
 
         self.endpoints.update(
             launcher_pid=os.getpid(),
@@ -134,6 +148,7 @@ class Launcher:
             ready=False,
             reservation_api=by_role["api"].base_url if "api" in by_role else None,
             warehouse_mock=warehouse_url,
+            console=console_url,
             admin_token=token,
             database_url=database_url,
             kafka_bootstrap_servers=bootstrap,
@@ -142,8 +157,9 @@ class Launcher:
             kafka_nodes=broker.size if isinstance(broker, infra.KafkaCluster) else 1,
             broker=broker.kind if broker else "external",
             metrics={i.name: i.metrics_url for i in instances},
-            prometheus=f"http://{LOOPBACK}:{prometheus}" if prometheus else None,
-            processes=[i.name for i in instances] + (["prometheus"] if prometheus else []),
+            prometheus=links.prometheus,
+            alertmanager=links.alertmanager,
+            processes=[i.name for i in instances] + extra,
             pids={},
             exited={},
             infra_pids={"reaper": reaper.pid, **(broker.pids() if broker else {})},
@@ -156,17 +172,24 @@ class Launcher:
             manager.add_process(
                 inst.name,
                 command_for(inst.role, self.options.commands),
-                env=process_env(env, shared, inst, warehouse_url),
+                env=process_env(env, shared, inst, links),
                 cwd=str(self.state_dir),
             )
         if prometheus:
             manager.add_process(
                 "prometheus",
-                self._prometheus_command(instances, prometheus),
+                self._prometheus_command(instances, prometheus, env, alerts),
                 env=env,
                 cwd=str(self.state_dir),
             )
-        self._checks = self._ready_checks(instances, prometheus)
+        if alerts:
+            manager.add_process(
+                "alertmanager",
+                self._alertmanager_command(alerts, token, console_url, env),
+                env=env,
+                cwd=str(self.state_dir),
+            )
+        self._checks = self._ready_checks(instances, prometheus, alerts)
         names = self.endpoints.data["processes"]
         log.info("starting %d processes: %s", len(names), ", ".join(names))
         # A closed terminal sends SIGHUP to the whole foreground group, honcho's per-child
@@ -307,9 +330,22 @@ class Launcher:
             return None
         return infra.free_port()
 
-    def _prometheus_command(self, instances: list[Instance], port: int) -> str:
+    def _prometheus_command(
+        self,
+        instances: list[Instance],
+        port: int,
+        env: Mapping[str, str],
+        alerts: int | None,
+    ) -> str:
         config = self.run_dir / "prometheus.yml"
-        config.write_text(render_prometheus(instances))
+        config.write_text(
+            render_prometheus(
+                instances,
+                alertmanager.Timing.from_env(env).scrape_interval,
+                rules=alertmanager.rules_file(env, ALERT_RULES),
+                alertmanager=f"{LOOPBACK}:{alerts}" if alerts else None,
+            )
+        )
         storage = self.state_dir / "prometheus"
         storage.mkdir(exist_ok=True)
         args = [
@@ -319,6 +355,27 @@ class Launcher:
             f"--web.listen-address={LOOPBACK}:{port}",
         ]
         return "exec " + shlex.join(args)
+
+    def _alertmanager_port(self) -> int | None:
+        if alertmanager.binary() is None:
+            log.info(
+                "alertmanager not on PATH, not started (apt-get install prometheus-alertmanager)"
+            )
+            return None
+        return infra.free_port()
+
+    def _alertmanager_command(
+        self, port: int, token: str, console_url: str | None, env: Mapping[str, str]
+    ) -> str:
+        config = alertmanager.write_config(
+            self.run_dir,
+            token=token,
+            console_url=console_url,
+            timing=alertmanager.Timing.from_env(env),
+        )
+        storage = self.state_dir / "alertmanager"
+        storage.mkdir(exist_ok=True)
+        return alertmanager.command(alertmanager.binary() or "alertmanager", config, storage, port)
 
     # -- events and readiness ---------------------------------------------------------------
 
@@ -363,17 +420,21 @@ class Launcher:
                 manager.first_exit = (message.name, rc)
                 log.error("process %s died (rc=%s); stopping the others", message.name, rc)
 
-    def _ready_checks(self, instances: list[Instance], prometheus: int | None) -> dict[str, str]:
+    def _ready_checks(
+        self, instances: list[Instance], prometheus: int | None, alerts: int | None
+    ) -> dict[str, str]:
         checks: dict[str, str] = {}
         for inst in instances:
             if inst.role == "api":
                 checks[inst.name] = f"{inst.base_url}/ready"
-            elif inst.role == "warehouse":
+            elif inst.role in {"warehouse", "console"}:
                 checks[inst.name] = f"{inst.base_url}/health"
             else:
                 checks[inst.name] = inst.metrics_url
         if prometheus:
             checks["prometheus"] = f"http://{LOOPBACK}:{prometheus}/-/ready"
+        if alerts:
+            checks["alertmanager"] = f"http://{LOOPBACK}:{alerts}/-/ready"
         return checks
 
     def _wait_ready(self) -> None:
@@ -397,6 +458,8 @@ class Launcher:
     def _summary(self) -> str:
         data = self.endpoints.data
         rows = []
+        if data["console"]:
+            rows.append(("ops console", f"{data['console']}   (sign in with the admin token)"))
         if data["reservation_api"]:
             api = data["reservation_api"]
             rows.append(("reservation API", f"{api}   (docs {api}/docs)"))
@@ -404,6 +467,8 @@ class Launcher:
             rows.append(("warehouse mock", data["warehouse_mock"]))
         if data["prometheus"]:
             rows.append(("prometheus", data["prometheus"]))
+        if data["alertmanager"]:
+            rows.append(("alertmanager", data["alertmanager"]))
         rows += [(f"metrics {name}", url) for name, url in data["metrics"].items()]
         rows += [
             ("database", _safe(data["database_url"])),

@@ -2,8 +2,8 @@
 
 `plan` turns `LaunchOptions` into named instances (`consumer-2`) on free loopback ports;
 `command_for` and `process_env` give honcho each one's shell command and environment; and
-`render_prometheus` writes the scrape configuration for exactly those instances. Nothing
-here starts anything.
+`render_prometheus` writes the scrape configuration for exactly those instances (and where
+Prometheus sends its alerts). Nothing here starts anything.
 """
 
 from __future__ import annotations
@@ -21,7 +21,9 @@ from local import infra
 
 LOOPBACK = infra.LOOPBACK
 KAFKA_SECURITY = ("plaintext", "sasl", "sasl-ssl")
-ROLES = ("api", "warehouse", "relay", "consumer", "scheduler")
+ROLES = ("api", "warehouse", "relay", "consumer", "scheduler", "console")
+# Roles that serve HTTP on their port (the others serve only /metrics there).
+HTTP_ROLES = frozenset({"api", "warehouse", "console"})
 SCALABLE = frozenset({"relay", "consumer", "scheduler"})
 COMMANDS = {
     "api": "steadfast-api",
@@ -29,6 +31,7 @@ COMMANDS = {
     "relay": "steadfast-relay",
     "consumer": "steadfast-consumer",
     "scheduler": "steadfast-scheduler",
+    "console": "steadfast-console",
 }
 # Prometheus job names follow each process's `service.name` in the logs.
 JOBS = {
@@ -37,6 +40,7 @@ JOBS = {
     "relay": "outbox-relay",
     "consumer": "reservation-consumer",
     "scheduler": "retry-scheduler",
+    "console": "ops-console",
 }
 LOCAL_DIR = Path(__file__).parent
 PROMETHEUS_TEMPLATE = LOCAL_DIR / "prometheus.yml"
@@ -90,7 +94,7 @@ class Instance:
     """`role-N`: the honcho process name, the pid key and STEADFAST_INSTANCE_ID."""
     role: str
     port: int
-    """The api/warehouse HTTP port, else the Prometheus metrics port."""
+    """The api/warehouse/console HTTP port, else the Prometheus metrics port."""
 
     @property
     def base_url(self) -> str:
@@ -122,13 +126,23 @@ def command_for(role: str, overrides: Mapping[str, str]) -> str:
     return f"exec {shlex.quote(exe)}"
 
 
+@dataclass(frozen=True, kw_only=True)
+class Links:
+    """Where the processes find each other (None: not part of this stack)."""
+
+    api: str | None = None
+    warehouse: str | None = None
+    prometheus: str | None = None
+    alertmanager: str | None = None
+
+
 def process_env(
-    base: Mapping[str, str], shared: Mapping[str, str], inst: Instance, warehouse_url: str | None
+    base: Mapping[str, str], shared: Mapping[str, str], inst: Instance, links: Links
 ) -> dict[str, str]:
     """Shared launcher values, the user's exported STEADFAST_* on top, then forced ports/ids."""
     env = {"PYTHONUNBUFFERED": "1", "STEADFAST_LOG_LEVEL": "INFO"}
-    if warehouse_url and inst.role in {"consumer", "scheduler"}:
-        env["STEADFAST_WAREHOUSE__BASE_URL"] = warehouse_url
+    if links.warehouse and inst.role in {"consumer", "scheduler"}:
+        env["STEADFAST_WAREHOUSE__BASE_URL"] = links.warehouse
     env.update(base)
     env.update(shared)
     env.pop("STEADFAST_METRICS_PORT", None)
@@ -138,12 +152,34 @@ def process_env(
         env["STEADFAST_PORT"] = str(inst.port)
     elif inst.role == "warehouse":
         env["STEADFAST_WAREHOUSE_PORT"] = str(inst.port)
+    elif inst.role == "console":
+        env["STEADFAST_CONSOLE_PORT"] = str(inst.port)
+        # The console shows what this stack runs, whatever the user's shell exported.
+        for name, url in (
+            ("STEADFAST_API_URL", links.api),
+            ("STEADFAST_WAREHOUSE_URL", links.warehouse),
+            ("STEADFAST_PROMETHEUS_URL", links.prometheus),
+            ("STEADFAST_ALERTMANAGER_URL", links.alertmanager),
+        ):
+            if url:
+                env[name] = url
+            else:
+                env.pop(name, None)
     else:
         env["STEADFAST_METRICS_PORT"] = str(inst.port)
     return env
 
 
-def render_prometheus(instances: list[Instance], scrape_interval: str = "5s") -> str:
+def render_prometheus(
+    instances: list[Instance],
+    scrape_interval: str = "5s",
+    *,
+    rules: Path | None = ALERT_RULES,
+    alertmanager: str | None = None,
+) -> str:
+    """The scrape config of `instances`; `rules` evaluated, firing alerts sent to the
+    Alertmanager at `alertmanager` (host:port) when given."""
+
     def static_configs(role: str) -> str:
         return json.dumps(
             [
@@ -153,9 +189,11 @@ def render_prometheus(instances: list[Instance], scrape_interval: str = "5s") ->
             ]
         )
 
-    rules = [str(ALERT_RULES)] if ALERT_RULES.exists() else []
+    rule_files = [str(rules)] if rules is not None and rules.exists() else []
+    targets = [{"targets": [alertmanager]}] if alertmanager else []
     return string.Template(PROMETHEUS_TEMPLATE.read_text()).substitute(
         scrape_interval=scrape_interval,
-        rule_files=json.dumps(rules),
+        rule_files=json.dumps(rule_files),
+        alertmanager_static_configs=json.dumps(targets),
         **{f"{role}_static_configs": static_configs(role) for role in ROLES},
     )
