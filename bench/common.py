@@ -9,7 +9,12 @@ The API, in the order a bench uses it::
     result = BenchResult(name="relay", metric="events/s", value=rate,
                          target=Target.at_least(15_000), rss_mb=rss.peak_mb(),
                          broker=infra.broker_kind, details={...})
-    report(result)    # prints the table and writes results/bench-relay.json
+    report(result)    # prints the table, writes results/bench-relay.json and its .png
+
+`drain` and `RssSampler` also record time series (items done, RSS per process) into
+`TIMELINE`, which `report` writes under the result's `series` and charts
+(`bench.charts`). They go through a shared recorder rather than `BenchResult(series=...)`
+because each bench builds its own result; a bench may still pass `series` itself.
 
 `Target`, `BenchResult`, `within_tolerance` and `machine_info` are pure; the rest touches
 processes, sockets and files.
@@ -20,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import logging
 import os
 import platform
 import shutil
@@ -59,11 +65,35 @@ __all__ = [
     "write_result",
 ]
 
+log = logging.getLogger(__name__)
+
 REPO = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO / "results"
 STATE_DIR = REPO / ".steadfast" / "bench"
 RSS_LIMIT_MB = 200.0
 """Every process a bench starts must stay under this peak RSS."""
+SERIES_STEP_SECONDS = 0.5
+"""Time series keep at most one point per this many seconds: enough for a chart, small JSON."""
+
+
+class Timeline:
+    """Time series gathered while a bench runs; `report` takes them (and clears them)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._series: dict[str, dict[str, list[float | None]]] = {}
+
+    def put(self, name: str, columns: dict[str, list[float | None]]) -> None:
+        with self._lock:
+            self._series[name] = columns
+
+    def take(self) -> dict[str, dict[str, list[float | None]]]:
+        with self._lock:
+            series, self._series = self._series, {}
+        return series
+
+
+TIMELINE = Timeline()
 
 
 def within_tolerance(measured: float, expected: float, tolerance: float) -> bool:
@@ -124,6 +154,8 @@ class BenchResult:
     """Anything else worth keeping: counts, durations, settings, secondary checks."""
     checks: dict[str, bool] = field(default_factory=dict)
     """Extra pass/fail conditions (e.g. "breaker_did_not_flap") that `passed` includes."""
+    series: dict[str, Any] = field(default_factory=dict)
+    """Time series for the chart: {"progress": {"t": [...], "done": [...]}, "rss_mb": ...}."""
 
     @property
     def rss_ok(self) -> bool:
@@ -147,6 +179,7 @@ class BenchResult:
             "checks": self.checks,
             "passed": self.passed,
             "details": self.details,
+            **({"series": self.series} if self.series else {}),
         }
 
 
@@ -188,10 +221,21 @@ def print_table(results: Sequence[BenchResult], title: str = "steadfast benchmar
     Console(width=max(shutil.get_terminal_size((140, 24)).columns, 140)).print(table)
 
 
-def report(result: BenchResult) -> Path:
-    """Print the one-row table and write the JSON; returns the JSON's path."""
+def report(result: BenchResult, results_dir: Path = RESULTS_DIR) -> Path:
+    """Print the one-row table, write the JSON and its chart; returns the JSON's path."""
+    from bench.charts import write_bench_chart
+
+    recorded = TIMELINE.take()
+    if not result.series:
+        result.series = recorded
     print_table([result], title=f"bench {result.name}")
-    return write_result(result)
+    path = write_result(result, results_dir)
+    try:
+        write_bench_chart(path)
+    except Exception:
+        # The numbers are written; a chart that cannot be drawn must not fail the bench.
+        log.exception("could not draw the chart of %s", path)
+    return path
 
 
 class RssSampler:
@@ -207,14 +251,29 @@ class RssSampler:
         self._peak: dict[str, int] = dict.fromkeys(self._pids, 0)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+        self._started = time.monotonic()
+        self._points: list[tuple[float, dict[str, int]]] = []
 
     def add(self, name: str, pid: int) -> None:
         self._pids[name] = pid
         self._peak.setdefault(name, 0)
 
     def sample(self) -> None:
-        for name, pid in list(self._pids.items()):
-            self._peak[name] = max(self._peak.get(name, 0), tree_rss(pid))
+        now = {name: tree_rss(pid) for name, pid in list(self._pids.items())}
+        for name, rss in now.items():
+            self._peak[name] = max(self._peak.get(name, 0), rss)
+        at = time.monotonic() - self._started
+        if not self._points or at - self._points[-1][0] >= SERIES_STEP_SECONDS:
+            self._points.append((at, now))
+
+    def series(self) -> dict[str, list[float | None]]:
+        """RSS MiB per process over time ({"t": [...], name: [...]}); None before it ran."""
+        columns: dict[str, list[float | None]] = {"t": [round(t, 2) for t, _ in self._points]}
+        for name in self._peak:
+            columns[name] = [
+                round(rss[name] / 2**20, 1) if rss.get(name) else None for _, rss in self._points
+            ]
+        return columns
 
     def peak_mb(self) -> dict[str, float]:
         self.sample()
@@ -240,6 +299,7 @@ class RssSampler:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(5)
+        TIMELINE.put("rss_mb", self.series())
 
 
 def _tree(pid: int) -> list[psutil.Process]:
@@ -316,6 +376,7 @@ def bench_infra(
     import migrations
 
     kind = broker or infra.default_broker()
+    TIMELINE.take()  # a bench that crashed before its report leaves no series behind
     state = STATE_DIR / name
     log_dir = state / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -404,12 +465,28 @@ def drain(
     started, at_start = time.monotonic(), progress()
     deadline = started + timeout
     done = at_start
-    while time.monotonic() < deadline:
+    # Items done over time, for the throughput chart: the counts this loop reads anyway.
+    times: list[float | None] = [0.0]
+    counts: list[float | None] = [float(at_start)]
+
+    def note(at: float, count: int, *, last: bool = False) -> None:
+        previous = times[-1] or 0.0
+        if last or at - previous >= SERIES_STEP_SECONDS:
+            times.append(round(at, 3))
+            counts.append(float(count))
+
+    try:
+        while time.monotonic() < deadline:
+            done = progress()
+            note(time.monotonic() - started, done)
+            if done >= total and finished():
+                return Drain(at_start, done, time.monotonic() - started, timed_out=False)
+            time.sleep(interval)
         done = progress()
-        if done >= total and finished():
-            return Drain(at_start, done, time.monotonic() - started, timed_out=False)
-        time.sleep(interval)
-    return Drain(at_start, progress(), time.monotonic() - started, timed_out=True)
+        return Drain(at_start, done, time.monotonic() - started, timed_out=True)
+    finally:
+        note(time.monotonic() - started, done, last=True)
+        TIMELINE.put("progress", {"t": times, "done": counts})
 
 
 def run_bounded(
