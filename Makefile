@@ -30,7 +30,7 @@ PYTHON := $(shell for p in python3 python3.13 python3.12 python3.11; do \
 endif
 
 .PHONY: help install run lint format typecheck unit integration e2e test chaos bench idle prometheus-tools \
-	clean distclean
+	browser-tools clean distclean
 
 help:
 	@echo "make run          start the stack (PostgreSQL, broker, every process); ARGS='--scale consumer=2'"
@@ -43,6 +43,7 @@ help:
 	@echo "make bench        benchmarks (BENCH='relay consumer recovery e2e idle'); writes results/bench-*.json"
 	@echo "make idle         the stack up with no orders for 30 s: % of a core per process"
 	@echo "make install      create $(VENV) and install the project (done on demand)"
+	@echo "make browser-tools  Debian chromium + prometheus-alertmanager (as root; make test runs it)"
 	@echo "make clean        remove local state (.steadfast) and caches; distclean also $(VENV)"
 
 $(BIN)/python:
@@ -91,7 +92,7 @@ unit: $(STAMP)
 integration: $(STAMP) prometheus-tools
 	$(PYTEST) tests/integration
 
-e2e: $(STAMP) prometheus-tools
+e2e: $(STAMP) prometheus-tools browser-tools
 	$(PYTEST) tests/e2e
 
 # Not part of `test`: minutes long, and its numbers depend on the machine. Each bench starts
@@ -109,7 +110,7 @@ chaos: $(STAMP)
 		$(PYTEST_ARGS) tests/chaos
 
 # Every step runs even when an earlier one fails, so one CI run reports everything.
-test: $(STAMP) prometheus-tools
+test: $(STAMP) prometheus-tools browser-tools
 	@failed=""; \
 	$(MAKE) lint || failed="$$failed lint"; \
 	$(MAKE) typecheck || failed="$$failed typecheck"; \
@@ -164,6 +165,53 @@ export INSTALL_PROMETHEUS
 
 prometheus-tools:
 	@bash -euo pipefail -c "$$INSTALL_PROMETHEUS"
+
+# Debian's chromium (the console's browser test drives it through Playwright; Playwright's
+# own browser download does not work here) and prometheus-alertmanager (the launcher runs
+# it beside Prometheus; the alert-routing test needs it), as root only, as above: the
+# alertmanager package must not leave its daemon on :9093 (and its gossip on :9094).
+define INSTALL_BROWSER
+listening() { (exec 3<>/dev/tcp/127.0.0.1/9093) 2>/dev/null; }
+pkgs=""
+[ -x /usr/bin/chromium ] || pkgs="chromium"
+command -v prometheus-alertmanager >/dev/null 2>&1 || pkgs="$$pkgs prometheus-alertmanager"
+if [ -z "$$pkgs" ]; then exit 0; fi
+if [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+	echo "note: missing$$pkgs; install with apt-get (the console's browser test and the alerting test need them)" >&2
+	exit 0
+fi
+busy_before=no; if listening; then busy_before=yes; fi
+policy=/usr/sbin/policy-rc.d; made_policy=no
+if [ ! -e "$$policy" ]; then
+	printf '#!/bin/sh\nexit 101\n' > "$$policy"; chmod 755 "$$policy"; made_policy=yes
+fi
+echo "installing$$pkgs (apt, no service start)"
+ok=yes
+apt-get update -qq || ok=no
+if [ $$ok = yes ]; then
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$pkgs \
+		>/dev/null || ok=no
+fi
+if [ $$made_policy = yes ]; then rm -f "$$policy"; fi
+if [ $$ok = no ] || [ ! -x /usr/bin/chromium ]; then
+	echo "WARNING: could not install$$pkgs with apt-get; the tests that need them will fail" >&2
+	exit 0
+fi
+if [ $$busy_before = no ] && listening; then
+	echo "the prometheus-alertmanager package started its daemon on :9093; stopping it"
+	invoke-rc.d prometheus-alertmanager stop >/dev/null 2>&1 \
+		|| service prometheus-alertmanager stop >/dev/null 2>&1 || true
+	for _ in 1 2 3 4 5 6 7 8 9 10; do listening || break; sleep 0.5; done
+	if listening; then
+		echo "ERROR: something still listens on :9093 after installing alertmanager" >&2; exit 1
+	fi
+fi
+echo "installed $$(/usr/bin/chromium --version 2>/dev/null | head -n1), $$(prometheus-alertmanager --version 2>&1 | head -n1)"
+endef
+export INSTALL_BROWSER
+
+browser-tools:
+	@bash -euo pipefail -c "$$INSTALL_BROWSER"
 
 clean:
 	rm -rf .steadfast .pytest_cache .mypy_cache .ruff_cache .hypothesis build *.egg-info
