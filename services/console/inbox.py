@@ -56,7 +56,7 @@ class AlertInbox:
                 "name": name,
                 "status": alert.status,
                 "severity": alert.labels.get("severity"),
-                "labels": alert.labels,
+                "alert_labels": alert.labels,
                 "summary": alert.annotations.get("summary"),
                 "starts_at": alert.startsAt,
                 "ends_at": alert.endsAt if alert.status == "resolved" else None,

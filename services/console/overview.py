@@ -41,7 +41,7 @@ CHARTS: dict[str, tuple[str, str]] = {
         'sum(max by (state) (steadfast_retry_rows{state=~"PENDING|IN_PROGRESS"}))',
         "rows",
     ),
-    "breaker": ("max by (name) (steadfast_breaker_state)", "0 closed, 1 half-open, 2 open"),
+    "breaker_state": ("max by (name) (steadfast_breaker_state)", "0 closed, 1 half-open, 2 open"),
 }
 
 
@@ -159,7 +159,7 @@ class Overview:
             "orders_exact": counts.orders_exact if counts else None,
             "retries": counts.retries if counts else None,
             "breakers": counts.breakers if counts else [],
-            "breaker": breaker.body if breaker is not None and breaker.ok else None,
+            "breaker_view": breaker.body if breaker is not None and breaker.ok else None,
             "transitions": list(self.breakers.transitions),
             "faults": faults.body if faults is not None and faults.ok else None,
             "warehouse_stats": _stats(stats.body) if stats is not None and stats.ok else None,
@@ -188,14 +188,14 @@ class Overview:
                 )
             )
         except UpstreamError as exc:
-            return {"prometheus": "down", "error": str(exc), "series": {}}
+            return {"prometheus": "down", "problem": str(exc), "series": {}}
         for (name, (query, unit)), matrix in zip(CHARTS.items(), results, strict=True):
             series[name] = {
                 "query": query,
                 "unit": unit,
                 "lines": [
                     {
-                        "labels": item.get("metric", {}),
+                        "series_labels": item.get("metric", {}),
                         "points": [[float(t), float(v)] for t, v in item.get("values", [])],
                     }
                     for item in matrix
@@ -220,7 +220,7 @@ def _active(alert: dict[str, Any]) -> dict[str, Any]:
         "fingerprint": alert.get("fingerprint"),
         "name": labels.get("alertname"),
         "severity": labels.get("severity"),
-        "labels": labels,
+        "alert_labels": labels,
         "summary": alert.get("annotations", {}).get("summary"),
         "state": alert.get("status", {}).get("state"),
         "inhibited_by": alert.get("status", {}).get("inhibitedBy", []),

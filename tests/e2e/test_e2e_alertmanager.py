@@ -142,7 +142,7 @@ def test_an_outage_alert_reaches_the_console_through_alertmanager_and_resolves(
         assert placed.status_code == 202, placed.text
     firing = _until(lambda: received("firing"), f"{RULE} firing at the console", stack)
     assert firing["severity"] == "critical"
-    assert firing["labels"]["name"] == "warehouse"
+    assert firing["alert_labels"]["name"] == "warehouse"
     assert firing["receiver"] == "console"
     (line,) = [r for r in _console_lines(stack, "alert_firing") if r["rule.name"] == RULE]
     assert line["alert.labels"]["name"] == "warehouse"

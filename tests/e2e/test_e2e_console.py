@@ -149,9 +149,9 @@ def test_an_operator_runs_the_tour_from_the_console(
     page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
     page.on(
         "console",
-        lambda msg: problems.append(f"console {msg.type}: {msg.text}")
-        if msg.type == "error"
-        else None,
+        lambda msg: (
+            problems.append(f"console {msg.type}: {msg.text}") if msg.type == "error" else None
+        ),
     )
 
     # -- sign in: a wrong token is refused, the right one gives an HttpOnly strict cookie

@@ -283,7 +283,7 @@
 
   function renderBreaker(data) {
     const body = clear($("breaker-table").tBodies[0]);
-    const view = data.breaker && data.breaker.snapshot;
+    const view = data.breaker_view && data.breaker_view.snapshot;
     for (const b of data.breakers || []) {
       const win = view && view.name === b.name ? view.window : null;
       body.append(
@@ -634,7 +634,7 @@
         status.textContent =
           data.prometheus === "not configured"
             ? "Prometheus is not running (the launcher starts it when the prometheus binary is installed)."
-            : `Prometheus is not running or not answering: ${data.error || ""}`;
+            : `Prometheus is not running or not answering: ${data.problem || ""}`;
         status.className = "warn";
         for (const id of ["chart-throughput", "chart-backlog", "chart-breaker"]) clear($(id));
       } else {
@@ -643,7 +643,7 @@
         const s = data.series;
         drawChart($("chart-throughput"), [...named(s.placed, "placed"), ...named(s.reserved, "reserved")], data);
         drawChart($("chart-backlog"), named(s.backlog, "backlog"), data);
-        drawChart($("chart-breaker"), named(s.breaker, null), data, 2);
+        drawChart($("chart-breaker"), named(s.breaker_state, null), data, 2);
       }
     } catch (err) {
       $("charts-status").textContent = `Charts: ${err.message}`;
@@ -653,7 +653,7 @@
 
   function named(series, name) {
     if (!series) return [];
-    return series.lines.map((line) => ({ name: name || line.labels.name || "value", points: line.points }));
+    return series.lines.map((line) => ({ name: name || line.series_labels.name || "value", points: line.points }));
   }
 
   function drawChart(box, lines, data, fixedMax) {

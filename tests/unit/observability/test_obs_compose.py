@@ -23,8 +23,10 @@ from observability_queries import ROOT
 from pydantic import BaseModel, SecretStr
 from pydantic_settings import BaseSettings
 
+from local import alertmanager
 from local.kafka_jars import KAFKA_VERSION
 from services.common.settings import ENV_PREFIX, AdminAuth
+from services.console.settings import ConsoleSettings
 from services.reservation.settings import (
     ORDER_EVENTS_TOPIC,
     ApiSettings,
@@ -48,6 +50,7 @@ SERVICE_SETTINGS: dict[str, type[BaseSettings]] = {
     "reservation-consumer": ConsumerSettings,
     "retry-scheduler": SchedulerSettings,
     "warehouse-mock": WarehouseMockSettings,
+    "ops-console": ConsoleSettings,
 }
 # Prometheus job names (the launcher's too) are the compose service names.
 JOBS = set(SERVICE_SETTINGS)
@@ -56,6 +59,8 @@ FIXED_PORTS = {
     "reservation-api": 8000,
     "warehouse-mock": 8081,
     "prometheus": 9090,
+    "alertmanager": 9093,
+    "ops-console": 8090,
     "grafana": 3000,
     "kibana": 5601,
 }
@@ -68,6 +73,7 @@ IMAGES = {
     "kibana": "docker.elastic.co/kibana/kibana:8.",
     "filebeat": "docker.elastic.co/beats/filebeat:8.",
     "prometheus": "prom/prometheus:",
+    "alertmanager": "prom/alertmanager:v0.25",
     "grafana": "grafana/grafana:",
 }
 # Host paths outside the repository that Filebeat needs to read container logs.
@@ -293,7 +299,12 @@ def test_long_running_services_have_health_checks() -> None:
 
 def _configured_port(name: str) -> int:
     env = service_env(name)
-    for key in ("STEADFAST_PORT", "STEADFAST_WAREHOUSE_PORT", "STEADFAST_METRICS_PORT"):
+    for key in (
+        "STEADFAST_PORT",
+        "STEADFAST_WAREHOUSE_PORT",
+        "STEADFAST_CONSOLE_PORT",
+        "STEADFAST_METRICS_PORT",
+    ):
         if key in env:
             return int(env[key])
     raise AssertionError(f"{name} sets no port")
@@ -339,6 +350,75 @@ def test_promtool_accepts_the_compose_prometheus_config(tmp_path: Path) -> None:
         text=True,
         timeout=60,
         check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_prometheus_sends_alerts_to_the_compose_alertmanager() -> None:
+    config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
+    (targets,) = [
+        sc["targets"] for am in config["alerting"]["alertmanagers"] for sc in am["static_configs"]
+    ]
+    assert targets == ["alertmanager:9093"]
+    assert "127.0.0.1:9093:9093" in services()["alertmanager"]["ports"]
+
+
+# --------------------------------------------------------------------------- Alertmanager
+
+ALERTMANAGER_COMPOSE = LOCAL / "alertmanager.compose.yml"
+
+
+def _launcher_alertmanager(tmp_path: Path) -> dict[str, Any]:
+    text = alertmanager.render(
+        webhook_url="http://127.0.0.1:1/alertmanager/webhook",
+        credentials_file=tmp_path / "token",
+        timing=alertmanager.Timing(),
+    )
+    config: dict[str, Any] = yaml.safe_load(text)
+    return config
+
+
+def test_compose_and_launcher_alertmanager_route_alike(tmp_path: Path) -> None:
+    compose_config = yaml.safe_load(ALERTMANAGER_COMPOSE.read_text())
+    launcher_config = _launcher_alertmanager(tmp_path)
+    assert compose_config["route"] == launcher_config["route"]
+    assert compose_config["inhibit_rules"] == launcher_config["inhibit_rules"]
+    (hook,) = compose_config["receivers"][0]["webhook_configs"]
+    assert hook["url"] == "http://ops-console:8090/alertmanager/webhook"
+    assert hook["send_resolved"] is True
+    # The compose entrypoint writes the token to the file the config reads.
+    token_file = hook["http_config"]["authorization"]["credentials_file"]
+    assert token_file in services()["alertmanager"]["command"][0]
+
+
+def test_alertmanager_inhibits_failure_ratio_while_the_breaker_is_open(tmp_path: Path) -> None:
+    rules = {
+        rule["alert"]
+        for group in yaml.safe_load((LOCAL / "alerts.yml").read_text())["groups"]
+        for rule in group["rules"]
+    }
+    inhibit = _launcher_alertmanager(tmp_path)["inhibit_rules"][0]
+    assert inhibit["source_matchers"] == ['alertname="SteadfastBreakerOpenTooLong"']
+    targets = inhibit["target_matchers"][0].split("=~", 1)[1].strip('"').split("|")
+    assert "SteadfastWarehouseFailureRatioHigh" in targets
+    assert set(targets) <= rules and "SteadfastBreakerOpenTooLong" in rules
+
+
+@pytest.mark.parametrize("which", ["compose", "launcher"])
+def test_amtool_accepts_the_alertmanager_configs(which: str, tmp_path: Path) -> None:
+    amtool = shutil.which("amtool")
+    if amtool is None:
+        message = "amtool is not on PATH; `make test` installs it (prometheus-alertmanager)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    if which == "compose":
+        path = ALERTMANAGER_COMPOSE
+    else:
+        path = tmp_path / "alertmanager.yml"
+        path.write_text(yaml.safe_dump(_launcher_alertmanager(tmp_path)))
+    result = subprocess.run(
+        [amtool, "check-config", str(path)], capture_output=True, text=True, timeout=60, check=False
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
