@@ -25,6 +25,7 @@ from typing import Annotated, Any, Literal, Protocol
 from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from retry.rows import InvalidQuery, RetryFilter, RetryRow, RetrySummary
 from retry.store import CANCELLABLE_STATES, MAX_PAGE, REQUEUEABLE_STATES, RetryStore
@@ -234,11 +235,11 @@ def make_admin_router(
     token: str,
     breaker: AdminBreaker | None = None,
     on_action: Callable[[AdminAction], None] | None = None,
-    on_cancel: Callable[[RetryRow], Awaitable[None]] | None = None,
+    on_cancel: Callable[[AsyncConnection, RetryRow], Awaitable[None]] | None = None,
     prefix: str = "/admin",
 ) -> APIRouter:
     """`on_cancel` lets the application settle what a cancelled message was for (its own
-    status for it would otherwise stay "retrying" forever)."""
+    status for it would otherwise stay "retrying" forever), in the cancel's transaction."""
     if not token:
         raise ValueError("the admin API needs a non-empty bearer token")
     expected = token.encode()
@@ -348,14 +349,11 @@ def make_admin_router(
     async def cancel(row_id: RowId, who: Actor, body: CancelRequest | None = None) -> RetryItem:
         row = await existing(row_id)
         if row.state not in CANCELLABLE_STATES or not await store.cancel(
-            row_id, who, reason=body.reason if body else None
+            row_id, who, reason=body.reason if body else None, settle=on_cancel
         ):
             raise HTTPException(status.HTTP_409_CONFLICT, f"row {row_id} is {row.state}")
         audit(AdminAction(who, "cancel", 1, target=str(row_id)))
-        cancelled = await existing(row_id)
-        if on_cancel is not None:
-            await on_cancel(cancelled)
-        return _item(cancelled)
+        return _item(await existing(row_id))
 
     async def view() -> BreakerView:
         if breaker is None:

@@ -1,7 +1,8 @@
 """The values and Protocols the retry engine is built from.
 
 The engine is framework-neutral: a consumer adapter (faust, confluent-kafka, ...) turns
-what its broker delivered into a `Message`, and the application supplies a `Handler`.
+what its broker delivered into a `Message`, and the application supplies a
+`retry.batch_model.BatchHandler`.
 """
 
 from __future__ import annotations
@@ -10,9 +11,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Protocol, runtime_checkable
-
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 
 class FailureKind(StrEnum):
@@ -54,41 +52,3 @@ class Message:
         if event_id:
             return event_id
         return f"{self.topic}:{self.partition}:{self.offset}"
-
-
-class DecisionKind(StrEnum):
-    PARKED = "PARKED"
-    """Retryable: parked in the retry table until `next_attempt_at`."""
-    PARKED_BEHIND = "PARKED_BEHIND"
-    """Not attempted: an earlier message with the same key is still parked."""
-    DEAD = "DEAD"
-    """Terminal, poison, or out of attempts: parked as DEAD for operators."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class FailureDecision:
-    kind: DecisionKind
-    classification: Classification
-    attempt: int
-    retry_id: int | None = None
-    next_attempt_at: datetime | None = None
-
-
-@runtime_checkable
-class Handler(Protocol):
-    """Application code for one kind of message; the consumer and the scheduler share it.
-
-    `handle` performs the side effect (it must be idempotent: it may run again after a
-    crash) and raises on failure. `on_success` / `on_failure` record the outcome in the
-    application's tables, inside the same transaction as the engine's own bookkeeping.
-    """
-
-    name: str
-
-    async def handle(self, message: Message, attempt: int) -> object: ...
-
-    async def on_success(self, conn: AsyncConnection, message: Message, result: object) -> None: ...
-
-    async def on_failure(
-        self, conn: AsyncConnection, message: Message, decision: FailureDecision
-    ) -> None: ...

@@ -1,20 +1,20 @@
-"""Re-drive: claim due rows in batches and run them again, rate-limited and breaker-aware.
+"""Re-drive: claim due rows in batches and run them again, at a cluster-wide rate.
 
-`Redriver.run_once` is one pass: claim a batch (SKIP LOCKED + lease), take a token per
-row from the limiter, re-drive up to `concurrency` rows at once through the processor,
-and claim the next batch while they come back full. It stops early and gives the rest
-of a batch back when the breaker refuses (so a recovering dependency is not hammered)
-or when the batch has used half its lease waiting on the limiter (so another scheduler
-never claims a row this one is still about to run).
+`Redriver.run_once` is one pass: take tokens from the shared budget
+(`retry.shared_limit.SharedTokenBucket`, one row every scheduler instance draws from),
+claim that many due rows (SKIP LOCKED + lease; never two rows of one key), and hand them
+to the batch engine in one call. Tokens not used (fewer rows were due) go back. The pass
+stops when the breaker is OPEN (claiming rows only to hand them back would churn the
+table), when the engine reports the breaker refused a call (it released those rows), or
+after a lease's worth of time, so no row is held past its lease.
 
 `build_scheduler` puts the pass on an APScheduler interval or cron trigger (one run at a
-time, missed runs coalesced), next to a job that refreshes the retry-rows gauge and an
-optional alerts-evaluation hook.
+time, missed runs coalesced), next to a job that refreshes the retry-rows gauge and one
+that expires old processed-event records.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import secrets
 import time
@@ -30,19 +30,49 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from retry.errors import LeaseLost
-from retry.processor import Processor, RedriveOutcome
+from retry.batch_model import Delivery, Outcome, Verdict
 from retry.rows import RetryRow
 from retry.schema import RETRY_STATES
-from retry.store import RetryStore
 
 log = logging.getLogger(__name__)
 
+# The outcome labels of steadfast_redrive (dashboards and alerts name them).
+REDRIVE_OUTCOMES = {
+    Verdict.SUCCEEDED: "succeeded",
+    Verdict.PARKED: "rescheduled",
+    Verdict.PARKED_BEHIND: "rescheduled",
+    Verdict.DEAD: "dead",
+    Verdict.BLOCKED: "skipped_breaker",
+    Verdict.LEASE_LOST: "lease_lost",
+    Verdict.DUPLICATE: "duplicate",
+}
 
-class Limiter(Protocol):
-    """One token per re-drive (`retry.ratelimit.TokenBucket`; it counts its own waits)."""
 
-    async def acquire(self) -> object: ...
+class Claiming(Protocol):
+    """`retry.store.RetryStore`."""
+
+    async def claim_due(
+        self, batch_size: int, owner: str, lease_seconds: float, *, handler: str | None = None
+    ) -> list[RetryRow]: ...
+
+    async def counts_by_state(self) -> dict[str, int]: ...
+
+
+class Engine(Protocol):
+    """`retry.batch.BatchProcessor`."""
+
+    @property
+    def handler_name(self) -> str: ...
+
+    async def process(self, deliveries: Sequence[Delivery]) -> list[Outcome]: ...
+
+
+class Budget(Protocol):
+    """`retry.shared_limit.SharedTokenBucket`."""
+
+    async def acquire(self, want: int, *, max_wait: float) -> int: ...
+
+    async def give_back(self, tokens: int) -> None: ...
 
 
 class Clock(Protocol):
@@ -63,8 +93,8 @@ _METRICS: weakref.WeakKeyDictionary[CollectorRegistry, tuple[Counter, Gauge]] = 
 def _metrics_on(registry: CollectorRegistry) -> tuple[Counter, Gauge]:
     if registry not in _METRICS:
         outcomes = Counter("steadfast_redrive", "Re-drive outcomes", ["outcome"], registry=registry)
-        for outcome in RedriveOutcome:
-            outcomes.labels(outcome.value)
+        for outcome in set(REDRIVE_OUTCOMES.values()):
+            outcomes.labels(outcome)
         rows = Gauge(
             "steadfast_retry_rows", "Rows in the retry table by state", ["state"], registry=registry
         )
@@ -75,25 +105,25 @@ def _metrics_on(registry: CollectorRegistry) -> tuple[Counter, Gauge]:
 class Redriver:
     def __init__(
         self,
-        store: RetryStore,
-        processor: Processor,
-        limiter: Limiter,
+        store: Claiming,
+        engine: Engine,
+        budget: Budget,
+        breaker_state: Callable[[], Awaitable[str]],
         *,
         batch_size: int = 100,
         lease_seconds: float = 30.0,
-        concurrency: int = 16,
         owner: str,
         registry: CollectorRegistry | None = None,
         clock: Clock | None = None,
     ) -> None:
-        if batch_size < 1 or lease_seconds <= 0 or concurrency < 1:
-            raise ValueError("batch_size and concurrency must be >= 1 and lease_seconds > 0")
+        if batch_size < 1 or lease_seconds <= 0:
+            raise ValueError("batch_size must be >= 1 and lease_seconds > 0")
         self._store = store
-        self._processor = processor
-        self._limiter = limiter
+        self._engine = engine
+        self._budget = budget
+        self._breaker_state = breaker_state
         self._batch_size = batch_size
         self._lease_seconds = lease_seconds
-        self._concurrency = concurrency
         # Unique per process: two schedulers started with the same instance name must
         # still not be able to finish each other's rows.
         self.owner = f"{owner}:{secrets.token_hex(4)}"
@@ -101,30 +131,43 @@ class Redriver:
         self._outcomes, self._rows = _metrics_on(registry or CollectorRegistry())
 
     async def run_once(self) -> dict[str, int]:
-        """One pass; returns how many rows ended in each outcome.
-
-        Batches follow each other while they come back full, so a backlog drains at the
-        limiter's rate rather than at one batch per trigger; the pass ends at a short
-        batch, when the breaker refuses, or after a lease's worth of time.
-        """
+        """One pass; returns how many rows ended in each outcome."""
         tally: Tally[str] = Tally()
         started = self._clock.monotonic()
         claimed = 0
-        while self._clock.monotonic() - started < self._lease_seconds:
-            if await self._processor.breaker_state() == "OPEN":
-                # Claiming rows only to hand them straight back would churn the table.
+        # Half a lease: a batch claimed late in the pass still finishes inside its lease.
+        budget_seconds = self._lease_seconds / 2
+        while (left := budget_seconds - (self._clock.monotonic() - started)) > 0:
+            if await self._breaker_state() == "OPEN":
                 log.debug("breaker open: no re-drive", extra={"event.action": "redrive_paused"})
                 break
-            rows = await self._store.claim_due(
-                self._batch_size,
-                self.owner,
-                self._lease_seconds,
-                handler=self._processor.handler_name,
-            )
-            claimed += len(rows)
-            if not rows or await self._redrive_batch(rows, tally):
+            tokens = await self._budget.acquire(self._batch_size, max_wait=min(left, 1.0))
+            if not tokens:
+                continue
+            try:
+                rows = await self._store.claim_due(
+                    tokens, self.owner, self._lease_seconds, handler=self._engine.handler_name
+                )
+            except BaseException:
+                await self._budget.give_back(tokens)
+                raise
+            await self._budget.give_back(tokens - len(rows))
+            if not rows:
                 break
-            if len(rows) < self._batch_size:
+            claimed += len(rows)
+            outcomes = await self._engine.process(
+                [Delivery(message=r.to_message(), attempt=r.attempts + 1, row=r) for r in rows]
+            )
+            refused = 0
+            for outcome in outcomes:
+                label = REDRIVE_OUTCOMES[outcome.verdict]
+                tally[label] += 1
+                self._outcomes.labels(label).inc()
+                refused += outcome.verdict is Verdict.BLOCKED
+            if refused:
+                await self._budget.give_back(refused)
+                break
+            if len(rows) < tokens:
                 break
         if claimed:
             log.info(
@@ -137,79 +180,11 @@ class Redriver:
             )
         return dict(tally)
 
-    async def _redrive_batch(self, rows: Sequence[RetryRow], tally: Tally[str]) -> bool:
-        """Re-drive a claimed batch, `concurrency` rows at a time; True ends the pass.
-
-        The claim never returns two rows of one key (a key's later row waits while an
-        earlier one is open), so running a batch's rows at once keeps per-key order.
-        """
-        started = self._clock.monotonic()
-        slots = asyncio.Semaphore(self._concurrency)
-        refused = asyncio.Event()  # the breaker said no: launch nothing more
-        failures: list[Exception] = []
-
-        async def one(row: RetryRow) -> None:
-            try:
-                outcome = await self._processor.redrive(row, self.owner)
-            except Exception as exc:
-                # The row's own lease brings it back; the pass stops and reports it.
-                failures.append(exc)
-                return
-            finally:
-                slots.release()
-            tally[outcome.value] += 1
-            self._outcomes.labels(outcome.value).inc()
-            if outcome is RedriveOutcome.SKIPPED_BREAKER:
-                refused.set()
-
-        launched = 0
-        why = ""
-        try:
-            async with asyncio.TaskGroup() as group:
-                for row in rows:
-                    if self._clock.monotonic() - started > self._lease_seconds / 2:
-                        why = "lease budget spent waiting for tokens"
-                        break
-                    await slots.acquire()
-                    if refused.is_set() or failures:
-                        slots.release()
-                        break
-                    await self._limiter.acquire()
-                    group.create_task(one(row))
-                    launched += 1
-        except BaseException:
-            await self._give_back(rows[launched:], "re-drive pass failed")
-            raise
-        rest = rows[launched:]
-        if refused.is_set():
-            await self._give_back(rest, "breaker open")
-            tally[RedriveOutcome.SKIPPED_BREAKER.value] += len(rest)
-            self._outcomes.labels(RedriveOutcome.SKIPPED_BREAKER.value).inc(len(rest))
-        elif failures:
-            await self._give_back(rest, "re-drive pass failed")
-            raise failures[0]
-        elif rest:
-            await self._give_back(rest, why)
-        return bool(rest) or refused.is_set()
-
     async def refresh_metrics(self) -> dict[str, int]:
         counts = await self._store.counts_by_state()
         for state in RETRY_STATES:
             self._rows.labels(state).set(counts.get(state, 0))
         return counts
-
-    async def _give_back(self, rows: Sequence[RetryRow], why: str) -> None:
-        for row in rows:
-            try:
-                await self._store.release(row.id, self.owner, reason=why)
-            except LeaseLost:
-                pass  # another scheduler already has it: nothing to give back
-            except Exception:
-                # Best effort: an unreleased row comes back when its lease expires.
-                log.exception("release failed", extra={"event.action": "redrive_release_failed"})
-                return
-        if rows:
-            log.info(why, extra={"event.action": "redrive_released", "retry.released": len(rows)})
 
 
 def _guarded(name: str, job: Callable[[], Awaitable[object]]) -> Callable[[], Awaitable[None]]:
@@ -230,13 +205,13 @@ def build_scheduler(
     interval_seconds: float | None = None,
     cron: str | None = None,
     metrics_interval_seconds: float = 15.0,
-    alerts: Callable[[], Awaitable[object]] | None = None,
-    alerts_interval_seconds: float = 15.0,
+    housekeeping: Callable[[], Awaitable[object]] | None = None,
+    housekeeping_interval_seconds: float = 300.0,
 ) -> AsyncIOScheduler:
     """An (unstarted) scheduler with the re-drive job; `cron` wins over `interval_seconds`.
 
-    Start it inside the running event loop. `alerts` is an optional coroutine function
-    evaluated on its own interval (e.g. the threshold checks of `retry.alerts`).
+    Start it inside the running event loop. `housekeeping` is an optional coroutine
+    function run on its own interval (the processed-events retention sweep).
     """
     trigger: BaseTrigger
     if cron:
@@ -258,12 +233,12 @@ def build_scheduler(
         next_run_time=datetime.now(UTC),
         **common,
     )
-    if alerts is not None:
+    if housekeeping is not None:
         scheduler.add_job(
-            _guarded("alerts", alerts),
-            IntervalTrigger(seconds=alerts_interval_seconds, timezone=UTC),
-            id="alerts",
-            name="alerts",
+            _guarded("housekeeping", housekeeping),
+            IntervalTrigger(seconds=housekeeping_interval_seconds, timezone=UTC),
+            id="housekeeping",
+            name="housekeeping",
             **common,
         )
     return scheduler

@@ -6,6 +6,7 @@ from sqlalchemy import (
     BigInteger,
     Column,
     DateTime,
+    Float,
     Identity,
     Index,
     Integer,
@@ -64,13 +65,32 @@ retry_messages = Table(
     ),
 )
 
+# The idempotent consumer's memory, per handler: every event a handler has taken
+# responsibility for (handled, or parked in retry_messages), kept for a retention period.
 processed_events = Table(
     "processed_events",
     metadata,
+    Column("handler", Text, primary_key=True),
     Column("event_id", Text, primary_key=True),
-    Column("handler", Text, nullable=False),
     Column("outcome", Text, nullable=False),
     Column("processed_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Index("ix_processed_events_processed_at", "processed_at"),
+)
+
+# Token buckets shared by every instance: the re-drive rate holds for the whole cluster.
+rate_limits = Table(
+    "rate_limits",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("tokens", Float, nullable=False),
+    Column("rate", Float, nullable=False),
+    Column("burst", Float, nullable=False),
+    Column(
+        "updated_at",
+        DateTime(timezone=True),
+        nullable=False,
+        server_default=text("clock_timestamp()"),
+    ),
 )
 
 circuit_breakers = Table(

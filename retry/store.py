@@ -27,7 +27,7 @@ The values the store reads and takes (rows, filters, pages, cursors) live in `re
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -418,8 +418,19 @@ class RetryStore:
             requeued = len((await conn.execute(stmt)).all())
         return RequeueResult(requeued, requeued)
 
-    async def cancel(self, row_id: int, actor: str, *, reason: str | None = None) -> bool:
-        """PENDING/DEAD → CANCELLED. False when the row is in another state (or missing)."""
+    async def cancel(
+        self,
+        row_id: int,
+        actor: str,
+        *,
+        reason: str | None = None,
+        settle: Callable[[AsyncConnection, RetryRow], Awaitable[None]] | None = None,
+    ) -> bool:
+        """PENDING/DEAD → CANCELLED. False when the row is in another state (or missing).
+
+        `settle` runs in the same transaction, so what the application changes for the
+        cancelled message (its order) commits, or not, together with the row.
+        """
         stmt = (
             update(t)
             .where(t.c.id == row_id, t.c.state.in_(CANCELLABLE_STATES))
@@ -428,10 +439,15 @@ class RetryStore:
                 updated_at=func.now(),
                 history=_append("cancelled", by=actor, attempt=t.c.attempts, reason=reason),
             )
-            .returning(t.c.id)
+            .returning(*t.c)
         )
         async with self._engine.begin() as conn:
-            return (await conn.execute(stmt)).first() is not None
+            row = (await conn.execute(stmt)).mappings().first()
+            if row is None:
+                return False
+            if settle is not None:
+                await settle(conn, row_from(RetryRow, row))
+            return True
 
     async def counts_by_state(self) -> dict[str, int]:
         """Rows per state, every state present (0 when none)."""

@@ -138,3 +138,14 @@ def postgres_state_dir() -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def assert_reserved_at_most_once(stats: dict[str, Any]) -> None:
+    """The warehouse mock's own count: no order had stock reserved for it more than once.
+
+    Counted per order id over every reservation the mock created, whatever its
+    reservation key, so a consumer that reserved one order twice (under two keys, or
+    after releasing it) is caught; an idempotent repeat of one key creates nothing.
+    """
+    assert stats["orders_reserved_more_than_once"] == 0, stats
+    assert stats["max_reservations_per_order"] <= 1, stats

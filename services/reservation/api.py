@@ -1,7 +1,9 @@
 """The reservation REST API (FastAPI): place, read, list and cancel orders.
 
-An order and its event are written in one transaction: the order row, its first journey
-step and the outbox row commit together or not at all. The relay publishes later.
+An order and its event are written in one statement (`services.reservation.placing`):
+the order row, its first journey step and the outbox row commit together or not at all.
+The relay publishes later. When PostgreSQL refuses connections the API answers 503 with
+Retry-After, so clients back off instead of reading a 500 as a bug.
 """
 
 from __future__ import annotations
@@ -9,17 +11,20 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 from typing import Annotated, Any
 from uuid import UUID
 
+import psycopg
+import psycopg_pool
 from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Query, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, ORJSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -27,19 +32,30 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from outbox.store import OutboxEvent, add_events
 from services.common.http_errors import install_error_handlers
 from services.common.tracing import continue_trace, trace_id_of
-from services.reservation import db
+from services.reservation import db, placing
 from services.reservation.domain import (
     CANCELLABLE,
     OrderCancelled,
     OrderItem,
-    OrderPlaced,
     OrderStatus,
     PlaceOrder,
 )
 from services.reservation.errors import IdempotencyConflict
 from services.reservation.metrics import ApiMetrics
+from services.reservation.placing import Writer
 
 log = logging.getLogger(__name__)
+
+
+# Seconds a client is asked to wait when the database is unavailable.
+RETRY_AFTER_SECONDS = 2
+_DB_DOWN = (
+    psycopg.OperationalError,
+    psycopg_pool.PoolTimeout,
+    sa_exc.OperationalError,
+    sa_exc.InterfaceError,
+    ConnectionRefusedError,
+)
 
 
 class JourneyStep(BaseModel):
@@ -147,6 +163,48 @@ class BodySizeLimit:
         await response({"type": "http"}, _empty_receive, send)
 
 
+class RequestTiming:
+    """The request-duration histogram, as plain ASGI (Starlette's `@app.middleware("http")`
+    wraps every request in extra tasks and streams, a real share of a request's CPU)."""
+
+    def __init__(self, app: ASGIApp, metrics: ApiMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def timed(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, timed)
+        finally:
+            route = scope.get("route")  # FastAPI's router records the matched route here
+            self.metrics.request_seconds.labels(
+                scope["method"], getattr(route, "path", "unmatched"), str(status)
+            ).observe(time.perf_counter() - started)
+
+
+async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    log.warning(
+        "database unavailable",
+        extra={"event.action": "database_unavailable", "error.type": type(exc).__name__},
+    )
+    return JSONResponse(
+        {"detail": f"the database is unavailable ({type(exc).__name__}); retry later"},
+        status_code=503,
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
+
+
 class _BodyTooLarge(StarletteHTTPException):
     """An HTTPException, because FastAPI turns any other error raised while it reads the
     body into a 400; this one it re-raises, and the app's handler answers 413."""
@@ -162,34 +220,29 @@ async def _empty_receive() -> Message:
 def create_api(
     *,
     engine: AsyncEngine,
+    writer: Writer,
     registry: CollectorRegistry,
     topic: str,
     max_body_bytes: int,
     admin_router: APIRouter | None = None,
+    lifespan: Callable[[Any], AbstractAsyncContextManager[None]] | None = None,
 ) -> FastAPI:
     metrics = ApiMetrics(registry)
     app = FastAPI(
         title="steadfast reservation API",
         version="1.0.0",
         description="Place orders; a resilient Kafka consumer reserves their stock.",
+        default_response_class=ORJSONResponse,
+        lifespan=lifespan,
     )
     app.state.engine = engine
     install_error_handlers(app)
+    for unavailable in _DB_DOWN:
+        app.add_exception_handler(unavailable, _database_unavailable)
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
+    app.add_middleware(RequestTiming, metrics=metrics)
 
-    @app.middleware("http")
-    async def _timing(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        started = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        metrics.request_seconds.labels(
-            request.method, getattr(route, "path", "unmatched"), str(response.status_code)
-        ).observe(time.perf_counter() - started)
-        return response
-
-    router = _orders_router(engine, metrics, topic)
+    router = _orders_router(engine, writer, metrics, topic)
     app.include_router(router)
     if admin_router is not None:
         app.include_router(admin_router)
@@ -212,8 +265,10 @@ def create_api(
     )
     async def ready() -> dict[str, str]:
         try:
-            async with engine.connect() as conn:
-                await conn.execute(text("SELECT 1"))
+            async with writer() as conn:
+                await conn.execute("SELECT 1")
+            async with engine.connect() as sa_conn:
+                await sa_conn.execute(text("SELECT 1"))
         except Exception as exc:
             raise HTTPException(503, f"database unavailable: {type(exc).__name__}") from exc
         return {"status": "ready"}
@@ -271,7 +326,9 @@ IdempotencyKey = Annotated[
 TraceParent = Annotated[str | None, Header(alias="traceparent", max_length=128)]
 
 
-def _orders_router(engine: AsyncEngine, metrics: ApiMetrics, topic: str) -> APIRouter:
+def _orders_router(
+    engine: AsyncEngine, writer: Writer, metrics: ApiMetrics, topic: str
+) -> APIRouter:
     router = APIRouter(prefix="/orders", tags=["orders"])
 
     @router.post(
@@ -279,7 +336,8 @@ def _orders_router(engine: AsyncEngine, metrics: ApiMetrics, topic: str) -> APIR
         status_code=202,
         response_model=OrderOut,
         responses={
-            422: {"model": Unprocessable, "description": "Invalid body, or Idempotency-Key reused"}
+            422: {"model": Unprocessable, "description": "Invalid body, or Idempotency-Key reused"},
+            503: {"model": ErrorOut, "description": "The database is unavailable (Retry-After)"},
         },
         summary="Place an order; its stock is reserved asynchronously",
     )
@@ -291,9 +349,15 @@ def _orders_router(engine: AsyncEngine, metrics: ApiMetrics, topic: str) -> APIR
     ) -> OrderOut:
         with continue_trace(traceparent, "POST /orders") as child_traceparent:
             try:
-                row, replayed = await _place(
-                    engine, body, idempotency_key, child_traceparent, topic
-                )
+                async with writer() as conn:
+                    row, replayed = await placing.place(
+                        conn,
+                        body,
+                        idempotency_key=idempotency_key,
+                        traceparent=child_traceparent,
+                        trace_id=trace_id_of(child_traceparent),
+                        topic=topic,
+                    )
             except IdempotencyConflict as exc:
                 raise HTTPException(422, str(exc)) from exc
             if replayed:
@@ -381,7 +445,7 @@ def _orders_router(engine: AsyncEngine, metrics: ApiMetrics, topic: str) -> APIR
     return router
 
 
-def _outbox_event(event: OrderPlaced | OrderCancelled, topic: str, traceparent: str) -> OutboxEvent:
+def _outbox_event(event: OrderCancelled, topic: str, traceparent: str) -> OutboxEvent:
     return OutboxEvent(
         event_id=uuid.uuid4(),
         aggregate_id=str(event.order_id),
@@ -395,56 +459,3 @@ def _outbox_event(event: OrderPlaced | OrderCancelled, topic: str, traceparent: 
             "content_type": "application/json",
         },
     )
-
-
-async def _place(
-    engine: AsyncEngine,
-    body: PlaceOrder,
-    idempotency_key: str | None,
-    traceparent: str,
-    topic: str,
-) -> tuple[db.OrderRow, bool]:
-    """Insert order + outbox event in one transaction; replay an idempotent repeat."""
-    request_hash = body.request_hash()
-    if idempotency_key:
-        replay = await _replay(engine, idempotency_key, request_hash)
-        if replay:
-            return replay, True
-    order_id = uuid.uuid4()
-    items = [item.model_dump() for item in body.items]
-    try:
-        async with engine.begin() as conn:
-            row = await db.insert_order(
-                conn,
-                order_id=order_id,
-                customer_id=body.customer_id,
-                items=items,
-                idempotency_key=idempotency_key,
-                request_hash=request_hash,
-                trace_id=trace_id_of(traceparent),
-            )
-            event = OrderPlaced(
-                order_id=order_id,
-                customer_id=body.customer_id,
-                items=body.items,
-                placed_at=row.created_at,
-            )
-            await add_events(conn, [_outbox_event(event, topic, traceparent)])
-    except IntegrityError:
-        # Two requests with one key raced; the loser answers with the winner's order.
-        if idempotency_key:
-            replay = await _replay(engine, idempotency_key, request_hash)
-            if replay:
-                return replay, True
-        raise
-    return row, False
-
-
-async def _replay(engine: AsyncEngine, key: str, request_hash: str) -> db.OrderRow | None:
-    async with engine.connect() as conn:
-        existing = await db.get_by_idempotency_key(conn, key)
-    if existing is None:
-        return None
-    if existing.request_hash != request_hash:
-        raise IdempotencyConflict("Idempotency-Key was already used with a different request body")
-    return existing

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import random
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -19,22 +19,22 @@ from typing import Any
 import faust
 import uvicorn
 from prometheus_client import CollectorRegistry, start_http_server
+from psycopg_pool import AsyncConnectionPool
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from retry.batch import BatchProcessor, sweep_processed
+from retry.batch_model import Delivery, Outcome
 from retry.breaker import CircuitBreaker
 from retry.breaker_machine import BreakerConfig as EngineBreakerConfig
 from retry.classify import Classifier
 from retry.clock import SystemClock
-from retry.model import Message
 from retry.policy import PolicyTable
-from retry.processor import Processor, ProcessResult
 from retry.store import RetryStore
 from services.common.kafka import preflight
-from services.reservation.alerting import build_alerts
 from services.reservation.api import create_api
 from services.reservation.consumer import build_app, register_agent
-from services.reservation.handler import ReservationHandler, order_of_cancelled_message
+from services.reservation.handler import ReservationHandler, settle_cancelled_row
 from services.reservation.lag import LagMonitor
 from services.reservation.metrics import ConsumerMetrics, OrderOutcomeMetrics, WarehouseMetrics
 from services.reservation.settings import (
@@ -52,7 +52,9 @@ log = logging.getLogger(__name__)
 
 def async_engine(database_url: str, pool_size: int) -> AsyncEngine:
     url = make_url(database_url).set(drivername="postgresql+psycopg")
-    return create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+    # No pre-ping: it would cost a round trip per checkout; a dropped connection fails
+    # its statement once and the caller's retry gets a fresh one.
+    return create_async_engine(url, pool_size=pool_size, max_overflow=pool_size)
 
 
 def serve_metrics(registry: CollectorRegistry, host: str, port: int | None, process: str) -> None:
@@ -108,17 +110,35 @@ def classifier(config: RetryConfig) -> Classifier:
     )
 
 
+def psycopg_pool(database_url: str, size: int, *, name: str) -> AsyncConnectionPool[Any]:
+    """An (unopened) psycopg pool for the hot path: autocommit, no per-checkout ping.
+
+    A connection the server dropped fails its statement, which the callers retry (the
+    consumer in place, the scheduler on its next pass); pinging every checkout would
+    cost one round trip per statement to save that rare retry.
+    """
+    url = make_url(database_url).set(drivername="postgresql")
+    return AsyncConnectionPool(
+        url.render_as_string(hide_password=False),
+        min_size=1,
+        max_size=size,
+        kwargs={"autocommit": True},
+        name=name,
+        open=False,
+    )
+
+
 @dataclass
 class Processing:
-    """What the consumer and the scheduler share: the handler wired into the engine."""
+    """What the consumer and the scheduler share: the handler wired into the batch engine."""
 
-    processor: Processor
+    engine: BatchProcessor
     breaker: CircuitBreaker
     store: RetryStore
+    pool: AsyncConnectionPool[Any]
 
-    async def process(self, message: Message) -> bool:
-        result = await self.processor.process(message)
-        return result is not ProcessResult.BLOCKED
+    async def process(self, deliveries: Sequence[Delivery]) -> list[Outcome]:
+        return await self.engine.process(deliveries)
 
     async def breaker_state(self) -> str:
         return await self.breaker.state()
@@ -146,26 +166,29 @@ async def processing(
     metrics: ProcessingMetrics,
     instance: str,
 ) -> AsyncIterator[Processing]:
-    engine = async_engine(database_url, pool_size)
+    # SQLAlchemy for the breaker's and the store's occasional statements; psycopg's pool
+    # for the engine's per-batch ones.
+    engine = async_engine(database_url, 2)
+    pool = psycopg_pool(database_url, pool_size, name=instance)
     client = WarehouseClient.create(warehouse, metrics.warehouse)
     shared_breaker = breaker(engine, breaker_config, registry, instance)
-    store = RetryStore(engine)
-    processor = Processor(
-        engine,
-        store,
+    processor = BatchProcessor(
+        pool,
         ReservationHandler(client, metrics.outcomes),
         classifier(retry_config),
         policies(retry_config),
         shared_breaker,
-        clock=SystemClock(),
         rng=random.Random(),
         registry=registry,
+        owner=instance,
     )
     try:
+        await pool.open(wait=False)
         async with shared_breaker:
-            yield Processing(processor, shared_breaker, store)
+            yield Processing(processor, shared_breaker, RetryStore(engine), pool)
     finally:
         await client.aclose()
+        await pool.close()
         await engine.dispose()
 
 
@@ -179,14 +202,29 @@ def run_api(settings: ApiSettings) -> None:
         RetryStore(engine),
         token=settings.admin_token.get_secret_value(),
         breaker=breaker(engine, settings.breaker, registry, "api"),
-        on_cancel=order_of_cancelled_message(engine),
+        on_cancel=settle_cancelled_row,
     )
+    pool = psycopg_pool(settings.database_url.get_secret_value(), settings.db_pool_size, name="api")
+
+    @asynccontextmanager
+    async def lifespan(_: object) -> AsyncIterator[None]:
+        # Opened inside uvicorn's loop; without waiting, so the API starts (and answers
+        # 503) while PostgreSQL is still down.
+        await pool.open(wait=False)
+        try:
+            yield
+        finally:
+            await pool.close()
+            await engine.dispose()
+
     app = create_api(
         engine=engine,
+        writer=pool.connection,
         registry=registry,
         topic=settings.kafka.topic,
         max_body_bytes=settings.max_body_bytes,
         admin_router=admin,
+        lifespan=lifespan,
     )
     uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, access_log=False)
 
@@ -230,8 +268,8 @@ def run_consumer(settings: ConsumerSettings) -> None:
 
 
 def run_scheduler(settings: SchedulerSettings) -> None:
-    from retry.ratelimit import TokenBucket
     from retry.scheduler import Redriver, build_scheduler
+    from retry.shared_limit import SharedTokenBucket
 
     registry = CollectorRegistry()
     serve_metrics(registry, settings.host, settings.metrics_port, "scheduler")
@@ -255,33 +293,29 @@ def run_scheduler(settings: SchedulerSettings) -> None:
         ) as shared:
             redriver = Redriver(
                 shared.store,
-                shared.processor,
-                TokenBucket(
+                shared.engine,
+                SharedTokenBucket(
+                    shared.pool,
+                    f"redrive:{shared.engine.handler_name}",
                     settings.redrive_rate_per_second,
                     settings.redrive_burst,
-                    SystemClock(),
-                    registry=registry,
                 ),
+                shared.breaker_state,
                 batch_size=settings.batch_size,
                 lease_seconds=settings.lease_seconds,
-                concurrency=settings.redrive_concurrency,
                 owner=instance,
                 registry=registry,
             )
-            alerts = build_alerts(
-                store=shared.store,
-                breaker=shared.breaker,
-                clock=SystemClock(),
-                registry=registry,
-                webhook_url=settings.alert_webhook_url,
-                min_calls=settings.breaker.min_calls,
-            )
+            retention = settings.processed_retention_hours * 3600
+
+            async def housekeeping() -> int:
+                return await sweep_processed(shared.pool, retention)
+
             scheduler = build_scheduler(
                 redriver,
                 interval_seconds=settings.interval_seconds,
                 cron=settings.cron,
-                alerts=alerts.evaluate,
-                alerts_interval_seconds=settings.alerts_interval_seconds,
+                housekeeping=housekeeping,
             )
             scheduler.start()
             log.info("scheduler started", extra={"event.action": "scheduler_started"})

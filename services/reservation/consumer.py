@@ -1,18 +1,25 @@
-"""The Kafka consumer process (faust-streaming): a thin edge around the retry engine.
+"""The Kafka consumer process (faust-streaming): a thin edge around the batch engine.
 
-The agent takes events without auto-ack, turns each into a framework-neutral
-`retry.model.Message`, and hands it to a per-key lane. The lane calls the engine's
-processor, and acks only after the processor's database transaction committed. When the
-shared circuit breaker is open the processor answers "blocked": the consumer then pauses
-its partitions, so Kafka holds the backlog instead of the retry table, and resumes by
-itself once the breaker lets calls through again.
+The agent takes events without auto-ack and queues them (bounded: a full queue holds the
+agent, and so the fetch). One worker drains the queue a batch at a time: whatever has
+arrived, up to `batch_max_messages`, goes to `retry.batch.BatchProcessor` in one call
+(one read, the warehouse calls, one write), then is acked in offset order per partition
+(`services.reservation.acks`). While the engine works on a batch, the next one gathers in
+the queue, so batches grow with the load by themselves and stay small (low latency) when
+it is light.
+
+A record that cannot even be turned into a message is parked as poison, with a metric
+and a log line, and its partition moves on. When the shared circuit breaker is open the
+engine answers "blocked" for the calls it refused: the consumer then pauses its
+partitions (Kafka holds the backlog, not the retry table), waits, and offers those events
+again once the breaker lets calls through.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 from typing import Any, Protocol, cast
@@ -22,25 +29,24 @@ from aiokafka import TopicPartition
 from faust.types import EventT, StreamT
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
 
+from retry.batch_model import Delivery, Outcome, Verdict
+from retry.errors import UndecodableMessage
 from retry.model import Message
 from services.common.kafka import KafkaSecurity
-from services.common.tracing import continue_trace
 from services.reservation.acks import OrderedAcks
-from services.reservation.lanes import Lanes
 from services.reservation.metrics import ConsumerMetrics
 from services.reservation.settings import ConsumerSettings
 
 log = logging.getLogger(__name__)
 
-# How often a message held by the open breaker checks whether a rebalance took it away.
+# How often events held by the open breaker check whether a rebalance took them away.
 _REBALANCE_CHECK_SECONDS = 0.5
 
 
 class Processing(Protocol):
     """What the consumer needs from the composition root, built inside the event loop."""
 
-    async def process(self, message: Message) -> bool:
-        """Process one message; False means "blocked by the breaker, try again later"."""
+    async def process(self, deliveries: Sequence[Delivery]) -> list[Outcome]: ...
 
     async def breaker_state(self) -> str: ...
 
@@ -70,7 +76,10 @@ def build_app(settings: ConsumerSettings) -> faust.App:
         broker_max_poll_interval=kafka.max_poll_interval_seconds,
         broker_max_poll_records=kafka.max_poll_records,
         broker_commit_interval=1.0,
-        stream_buffer_maxsize=1024,
+        stream_buffer_maxsize=max(1024, 2 * settings.batch_max_messages),
+        # At a rebalance faust would otherwise wait for every event it handed out to be
+        # acked; events queued here are handed back instead (untracked) and redelivered.
+        stream_wait_empty=False,
     )
 
 
@@ -95,12 +104,12 @@ class PartitionGate:
     Paused partitions stay assigned and the client keeps polling (empty) and
     heartbeating, so group membership stays healthy: no rebalance storm, no eviction.
 
-    The pause is applied to the Kafka client itself, inside faust's consumer thread.
-    faust's own `pause_partitions` only filters what it hands out: records the client
-    had already fetched for a partition paused a moment later are dropped while the
-    client's position moves past them, so after a resume those messages are never
-    delivered (until a restart re-reads from the committed offset). Pausing the client
-    keeps its position at the first record not handed out.
+    The one place that reaches inside faust (its consumer thread and the aiokafka client
+    it owns): faust's own `pause_partitions` only filters what it hands out, so records
+    the client had already fetched for a partition paused a moment later are dropped
+    while the client's position moves past them, and after a resume those messages are
+    never delivered (until a restart re-reads from the committed offset). Pausing the
+    client itself keeps its position at the first record not handed out.
     """
 
     def __init__(
@@ -209,12 +218,190 @@ def to_message(event: EventT[Any], group: str) -> Message:
         topic=msg.topic,
         partition=msg.partition,
         offset=msg.offset,
-        timestamp=datetime.fromtimestamp(msg.timestamp, tz=UTC) if msg.timestamp else None,
+        timestamp=_timestamp(msg.timestamp),
         key=key,
         value=value,
         headers=headers,
         consumer_group=group,
     )
+
+
+def _timestamp(seconds: float | None) -> datetime | None:
+    # A producer sets CreateTime freely; one Python cannot represent is simply unknown.
+    if not seconds:
+        return None
+    try:
+        return datetime.fromtimestamp(seconds, tz=UTC)
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+def broken_record(event: EventT[Any], group: str, exc: Exception) -> Delivery:
+    """A record `to_message` could not read, as a delivery the engine parks as poison."""
+    msg = event.message
+    value = msg.value if isinstance(msg.value, bytes) else b""
+    return Delivery(
+        message=Message(
+            topic=str(msg.topic),
+            partition=msg.partition,
+            offset=msg.offset,
+            value=value,
+            consumer_group=group,
+        ),
+        broken=UndecodableMessage(
+            f"the record could not be read: {type(exc).__name__}: {exc}", signal="decode"
+        ),
+    )
+
+
+Partition = tuple[int | None, str, int]
+
+
+class BatchWorker:
+    """Drains the agent's queue a batch at a time; acks what the engine finished.
+
+    Framework-light on purpose: it sees faust events only through `ours`, `partition_of`
+    and the ack callbacks, so a test drives it with plain objects and a real engine.
+    """
+
+    def __init__(
+        self,
+        runtime: Processing,
+        acks: OrderedAcks[Any],
+        *,
+        convert: Callable[[Any], Message],
+        broken: Callable[[Any, Exception], Delivery],
+        ours: Callable[[Any], bool],
+        partition_of: Callable[[Any], Partition],
+        offset_of: Callable[[Any], int],
+        gate: PartitionGate | None,
+        metrics: ConsumerMetrics,
+        batch_max: int,
+    ) -> None:
+        self._runtime = runtime
+        self._acks = acks
+        self._convert = convert
+        self._broken = broken
+        self._ours = ours
+        self._partition_of = partition_of
+        self._offset_of = offset_of
+        self._gate = gate
+        self._metrics = metrics
+        self._batch_max = batch_max
+        self.queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=2 * batch_max)
+
+    async def put(self, event: Any) -> None:
+        self._acks.track(self._partition_of(event), self._offset_of(event), event)
+        await self.queue.put(event)
+        self._metrics.in_flight.set(self._acks.pending())
+
+    async def run(self) -> None:
+        """Forever: take a batch, process it, ack it. Never ends on an error."""
+        while True:
+            batch = [await self.queue.get()]
+            while len(batch) < self._batch_max and not self.queue.empty():
+                batch.append(self.queue.get_nowait())
+            try:
+                await self.handle(batch)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # Not reachable through the engine (it parks what it cannot use and
+                # raises only infrastructure errors, retried below); should a bug get
+                # here, the batch is handed back for redelivery rather than lost, and
+                # the loop goes on.
+                log.exception("batch failed", extra={"event.action": "consumer_batch_failed"})
+                self._metrics.batch_failures.inc()
+                for event in batch:
+                    self._release(event)
+            finally:
+                self._metrics.in_flight.set(self._acks.pending())
+
+    async def handle(self, events: Sequence[Any]) -> None:
+        pending: list[tuple[Any, Delivery]] = []
+        for event in events:
+            if not self._ours(event):
+                self._release(event)
+                continue
+            try:
+                delivery = Delivery(message=self._convert(event))
+            except Exception as exc:
+                log.error(
+                    "unreadable record parked as poison",
+                    exc_info=True,
+                    extra={
+                        "event.action": "consumer_record_unreadable",
+                        "error.type": type(exc).__name__,
+                        "kafka.partition": self._partition_of(event)[2],
+                        "kafka.offset": self._offset_of(event),
+                    },
+                )
+                self._metrics.unreadable.inc()
+                delivery = self._broken(event, exc)
+            pending.append((event, delivery))
+        while pending:
+            outcomes = await self._process_in_place([d for _, d in pending])
+            if outcomes is None:  # every event went to another member
+                for event, _ in pending:
+                    self._release(event)
+                return
+            waiting: list[tuple[Any, Delivery]] = []
+            for (event, delivery), outcome in zip(pending, outcomes, strict=True):
+                if outcome.verdict is Verdict.BLOCKED:
+                    waiting.append((event, delivery))
+                else:
+                    await self._acks.done(self._partition_of(event), self._offset_of(event))
+            pending = await self._wait_for_breaker(waiting) if waiting else []
+
+    async def _process_in_place(self, deliveries: list[Delivery]) -> list[Outcome] | None:
+        """The engine on a batch, however long the database keeps it waiting.
+
+        A failure here is infrastructure (PostgreSQL down), not the messages: retrying in
+        place keeps every key's order and loses nothing; Kafka keeps the rest meanwhile.
+        """
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception_type(Exception),
+            wait=wait_exponential_jitter(initial=0.2, max=5.0),
+            reraise=True,
+        ):
+            with attempt:
+                return await self._runtime.process(deliveries)
+            outcome = attempt.retry_state.outcome
+            if outcome is not None and outcome.failed:
+                exc = outcome.exception()
+                log.error(
+                    "processing failed, retrying in place",
+                    extra={
+                        "event.action": "consumer_retry_in_place",
+                        "error.type": type(exc).__name__,
+                        "error.message": str(exc)[:500],
+                        "retry.batch": len(deliveries),
+                    },
+                )
+        return None  # pragma: no cover (AsyncRetrying with reraise never ends here)
+
+    async def _wait_for_breaker(
+        self, waiting: list[tuple[Any, Delivery]]
+    ) -> list[tuple[Any, Delivery]]:
+        """Pause, wait for the breaker; the events still ours, to offer again."""
+
+        def still_ours() -> list[tuple[Any, Delivery]]:
+            return [(e, d) for e, d in waiting if self._ours(e)]
+
+        if self._gate is not None:
+            await self._gate.close_gate()
+            await self._gate.wait_open(lambda: bool(still_ours()))
+        else:
+            await asyncio.sleep(_REBALANCE_CHECK_SECONDS)
+        kept = still_ours()
+        for event, _ in waiting:
+            if not self._ours(event):
+                self._release(event)
+        return kept
+
+    def _release(self, event: Any) -> None:
+        self._acks.drop(self._partition_of(event), self._offset_of(event))
+        self._metrics.released.inc()
 
 
 def register_agent(
@@ -227,7 +414,7 @@ def register_agent(
     group = settings.kafka.consumer_group
 
     async def reserve_stock(stream: StreamT[Any]) -> AsyncIterator[None]:
-        # Async resources (engine, http client, breaker) live as long as the agent.
+        # Async resources (pool, http client, breaker) live as long as the agent.
         async with runtime_factory() as runtime:
             gate = PartitionGate(
                 app,
@@ -246,92 +433,37 @@ def register_agent(
                 )
 
             def untrack(event: EventT[Any]) -> None:
-                # Handed back unprocessed (a rebalance is under way or happened since it
-                # arrived). faust clears its own buffers, seeks back to the committed
-                # offset and waits for every event still tracked: processing the lanes'
-                # backlog now would hold the group's rebalance up for as long as that
-                # backlog takes, past the session timeout and into the next rebalance.
+                # Handed back unprocessed: faust seeks back to the committed offset after
+                # the rebalance, and must not wait for this event to be acked.
                 app.consumer.unacked.discard(event.message)
 
-            acks: OrderedAcks[EventT[Any]] = OrderedAcks(manual.ack, untrack)
-
-            def partition_of(event: EventT[Any]) -> tuple[int | None, str, int]:
+            def partition_of(event: EventT[Any]) -> Partition:
                 message = event.message
                 return (message.generation_id, message.topic, message.partition)
 
-            def release(event: EventT[Any]) -> None:
-                acks.drop(partition_of(event), event.message.offset)
-                metrics.released.inc()
-
-            async def handle(event: EventT[Any]) -> None:
-                try:
-                    if not ours(event):
-                        release(event)
-                        return
-                    message = to_message(event, group)
-                    with continue_trace(message.headers.get("traceparent"), "consume order event"):
-                        done = await _process_until_done(
-                            runtime, gate, message, still_ours=lambda: ours(event)
-                        )
-                    if done:
-                        await acks.done(partition_of(event), event.message.offset)
-                    else:
-                        release(event)
-                finally:
-                    metrics.in_flight.set(lanes.in_flight - 1)
-
-            lanes: Lanes[EventT[Any]] = Lanes(settings.lanes, handle)
-            lanes.start()
-            watcher = asyncio.create_task(gate.watch(), name="partition-gate")
-
+            worker = BatchWorker(
+                runtime,
+                OrderedAcks(manual.ack, untrack),
+                convert=lambda event: to_message(event, group),
+                broken=lambda event, exc: broken_record(event, group, exc),
+                ours=ours,
+                partition_of=partition_of,
+                offset_of=lambda event: int(event.message.offset),
+                gate=gate,
+                metrics=metrics,
+                batch_max=settings.batch_max_messages,
+            )
+            tasks = [
+                asyncio.create_task(worker.run(), name="batch-worker"),
+                asyncio.create_task(gate.watch(), name="partition-gate"),
+            ]
             try:
                 async for event in manual.events():
-                    acks.track(partition_of(event), event.message.offset, event)
-                    await lanes.submit(event.message.key, event)
-                    metrics.in_flight.set(lanes.in_flight)
+                    await worker.put(event)
                     yield None
             finally:
-                watcher.cancel()
-                await lanes.stop()
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
 
     app.agent(topic, name="reserve-stock")(reserve_stock)
-
-
-async def _process_until_done(
-    runtime: Processing,
-    gate: PartitionGate,
-    message: Message,
-    *,
-    still_ours: Callable[[], bool],
-) -> bool:
-    """Process one message, however long the breaker or the database keep it waiting.
-
-    A failure here is infrastructure (PostgreSQL down), not the message: retrying in
-    place keeps the key's order and loses nothing; Kafka keeps the rest meanwhile.
-    Returns False, unprocessed, once a rebalance takes the message's partition back.
-    """
-    async for attempt in AsyncRetrying(
-        retry=retry_if_exception_type(Exception),
-        wait=wait_exponential_jitter(initial=0.2, max=5.0),
-        reraise=True,
-    ):
-        with attempt:
-            if not still_ours():
-                return False
-            while not await runtime.process(message):
-                await gate.close_gate()
-                if not await gate.wait_open(still_ours):
-                    return False
-        if attempt.retry_state.outcome is not None and attempt.retry_state.outcome.failed:
-            exc = attempt.retry_state.outcome.exception()
-            log.error(
-                "processing failed, retrying in place",
-                extra={
-                    "event.action": "consumer_retry_in_place",
-                    "error.type": type(exc).__name__,
-                    "kafka.topic": message.topic,
-                    "kafka.partition": message.partition,
-                    "kafka.offset": message.offset,
-                },
-            )
-    return True

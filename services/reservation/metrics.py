@@ -87,6 +87,22 @@ class ConsumerMetrics:
             "Buffered messages handed back unprocessed at a rebalance (Kafka redelivers them)",
             registry=registry,
         )
+        self.unreadable = Counter(
+            "steadfast_consumer_unreadable_records",
+            "Records that could not be turned into a message, parked as poison",
+            registry=registry,
+        )
+        self.batch_failures = Counter(
+            "steadfast_consumer_batch_failures",
+            "Batches handed back for redelivery after an unexpected error in the consumer",
+            registry=registry,
+        )
+        self.batch_size = Histogram(
+            "steadfast_consumer_batch_messages",
+            "Messages per batch handed to the engine",
+            buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
+            registry=registry,
+        )
         self.lag = Gauge(
             "steadfast_consumer_lag_messages",
             "Committed-offset lag of the consumer group per partition",

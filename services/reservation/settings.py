@@ -34,7 +34,7 @@ class KafkaConfig(BaseModel):
     # leaves the group when no fetch happened for max_poll_interval: a large backlog
     # fetched in one piece (thousands of records, drained at the processing rate) would
     # outlast it. A bounded batch keeps fetches, and so group membership, regular.
-    max_poll_records: int = Field(default=100, ge=1)
+    max_poll_records: int = Field(default=500, ge=1)
 
 
 class WarehouseClientConfig(BaseModel):
@@ -107,7 +107,9 @@ class ConsumerSettings(_Common):
     warehouse: WarehouseClientConfig = WarehouseClientConfig()
     breaker: BreakerConfig = BreakerConfig()
     retry: RetryConfig = RetryConfig()
-    lanes: int = Field(default=64, ge=1, description="concurrent per-key lanes")
+    batch_max_messages: int = Field(
+        default=500, ge=1, description="most messages handed to the engine at once"
+    )
     instance_id: str | None = None
     # faust keeps local state here; only in-memory tables are used, but it makes the dir.
     data_dir: Path = Path(tempfile.gettempdir()) / "steadfast-consumer"
@@ -121,9 +123,11 @@ class SchedulerSettings(_Common):
     cron: str | None = None
     batch_size: int = Field(default=100, ge=1)
     lease_seconds: float = Field(default=30.0, gt=0)
-    redrive_rate_per_second: float = Field(default=50.0, gt=0)
+    redrive_rate_per_second: float = Field(
+        default=50.0, gt=0, description="re-drives per second, for all schedulers together"
+    )
     redrive_burst: int = Field(default=50, ge=1)
-    redrive_concurrency: int = Field(default=16, ge=1, description="re-drives in flight at once")
-    alert_webhook_url: str | None = None
-    alerts_interval_seconds: float = Field(default=15.0, gt=0)
+    processed_retention_hours: float = Field(
+        default=168.0, gt=0, description="how long an event id is remembered for dedup"
+    )
     instance_id: str | None = None

@@ -21,7 +21,8 @@ from retry.admin import make_admin_router
 from retry.breaker import CircuitBreaker
 from retry.store import RetryStore
 from services.reservation.api import create_api
-from services.reservation.handler import order_of_cancelled_message
+from services.reservation.handler import settle_cancelled_row
+from services.reservation.placing import direct_writer
 from services.warehouse_mock.app import create_app
 from services.warehouse_mock.settings import WarehouseMockSettings
 
@@ -36,10 +37,13 @@ def reservation_api(engine: AsyncEngine) -> FastAPI:
         RetryStore(engine),
         token=TOKEN,
         breaker=CircuitBreaker(engine, name="warehouse", instance_id="fuzz"),
-        on_cancel=order_of_cancelled_message(engine),
+        on_cancel=settle_cancelled_row,
     )
     return create_api(
         engine=engine,
+        writer=direct_writer(
+            engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        ),
         registry=CollectorRegistry(),
         topic="orders",
         max_body_bytes=MAX_BODY_BYTES,

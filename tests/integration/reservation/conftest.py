@@ -20,7 +20,8 @@ from retry.admin import make_admin_router
 from retry.breaker import CircuitBreaker
 from retry.store import RetryStore
 from services.reservation.api import create_api
-from services.reservation.handler import order_of_cancelled_message
+from services.reservation.app import psycopg_pool
+from services.reservation.handler import settle_cancelled_row
 from services.reservation.lag import LagMonitor
 from services.reservation.metrics import ConsumerMetrics
 from tests.processes import TOKEN, Proc, admin_headers, base_env, start, start_warehouse
@@ -103,15 +104,20 @@ async def api_engine(database_url: str) -> AsyncIterator[AsyncEngine]:
 
 
 @pytest.fixture
-async def api(pipeline: Pipeline, api_engine: AsyncEngine) -> AsyncIterator[httpx.AsyncClient]:
+async def api(
+    pipeline: Pipeline, api_engine: AsyncEngine, database_url: str
+) -> AsyncIterator[httpx.AsyncClient]:
+    pool = psycopg_pool(database_url, 10, name="test-api")  # as run_api builds it
+    await pool.open()
     admin = make_admin_router(
         RetryStore(api_engine),
         token=TOKEN,
         breaker=CircuitBreaker(api_engine, name="warehouse", instance_id="test-api"),
-        on_cancel=order_of_cancelled_message(api_engine),
+        on_cancel=settle_cancelled_row,
     )
     app = create_api(
         engine=api_engine,
+        writer=pool.connection,
         registry=CollectorRegistry(),
         topic=pipeline.topic,
         max_body_bytes=64 * 1024,
@@ -121,6 +127,7 @@ async def api(pipeline: Pipeline, api_engine: AsyncEngine) -> AsyncIterator[http
         transport=httpx.ASGITransport(app=app), base_url="http://api"
     ) as client:
         yield client
+    await pool.close()
 
 
 async def statuses(engine: AsyncEngine) -> dict[str, int]:

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from local.infra import sqlalchemy_url
 from services.reservation.api import create_api
+from services.reservation.app import psycopg_pool
 
 TOPIC = "reservations.order-events"
 BODY: dict[str, Any] = {"customer_id": "c-1", "items": [{"sku": "SKU-1", "quantity": 2}]}
@@ -31,13 +32,20 @@ async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
 
 
 @pytest.fixture
-async def client(engine: AsyncEngine) -> AsyncIterator[httpx.AsyncClient]:
+async def client(engine: AsyncEngine, database_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    pool = psycopg_pool(database_url, 10, name="test-api")  # as run_api builds it
+    await pool.open()
     app = create_api(
-        engine=engine, registry=CollectorRegistry(), topic=TOPIC, max_body_bytes=16 * 1024
+        engine=engine,
+        writer=pool.connection,
+        registry=CollectorRegistry(),
+        topic=TOPIC,
+        max_body_bytes=16 * 1024,
     )
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
         yield client
+    await pool.close()
 
 
 async def _count(engine: AsyncEngine, table: str) -> int:

@@ -49,6 +49,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from local.kafka_jars import KAFKA_VERSION
 from services.common.settings import ENV_PREFIX, AdminAuth
 from services.reservation.api import create_api
+from services.reservation.placing import direct_writer
 from services.reservation.settings import (
     ApiSettings,
     ConsumerSettings,
@@ -380,7 +381,13 @@ def app_paths() -> dict[str, set[str]]:
         return {p for p in (getattr(r, "path", None) for r in app.routes) if p}
 
     engine = create_async_engine("postgresql+psycopg://probe@db.invalid/probe")  # lazy
-    api = create_api(engine=engine, registry=CollectorRegistry(), topic="t", max_body_bytes=1 << 16)
+    api = create_api(
+        engine=engine,
+        writer=direct_writer("postgresql://unused/none"),
+        registry=CollectorRegistry(),
+        topic="t",
+        max_body_bytes=1 << 16,
+    )
     mock = create_app(WarehouseMockSettings(admin_token=SecretStr("probe")))
     found = {"reservation-api": paths(api), "warehouse-mock": paths(mock)}
     return found | {name: {"/metrics"} for name in METRICS_PORT_PROCESSES}

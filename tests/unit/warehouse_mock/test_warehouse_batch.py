@@ -98,14 +98,17 @@ async def test_an_outage_fails_every_line(client: httpx.AsyncClient) -> None:
     assert (await stats(client))["reservations"] == 0
 
 
-async def test_latency_is_the_slowest_line_and_a_timeout_holds_the_answer(
+async def test_latency_is_the_slowest_line_and_a_timed_out_line_is_applied_and_a_504(
     client: httpx.AsyncClient, sleeps: RecordingSleep
 ) -> None:
     await faults(client, {"latency": 40.0, "timeout_rate": 1.0, "timeout_delay_seconds": 7})
     results = await batch(client, [line(n) for n in range(4)])
-    # The timeout's line is applied, then the whole answer waits: once, not per line.
-    assert [r["status"] for r in results] == [201] * 4
-    assert sleeps.calls == [0.04, 7]
+    assert [r["status"] for r in results] == [504] * 4
+    assert sleeps.calls == [0.04]  # once for the batch, and no hold
+    report = await stats(client)
+    assert report["reservations"] == 4  # applied: a retry must be deflected, not redone
+    await faults(client, {})
+    assert [r["status"] for r in await batch(client, [line(n) for n in range(4)])] == [200] * 4
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,110 @@
+"""Order status changes for a whole batch: one statement moves the orders and writes the steps.
+
+A `Step` either moves an order to a status (only from the statuses it allows; a placement
+only while no cancel was requested, so a cancel wins over a reservation recorded at the
+same moment) or just adds a journey note. Every step runs in the caller's transaction.
+An order's steps run in order: the first step of every order in one statement, the
+second in the next (an UPDATE must not touch one row twice).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from psycopg import AsyncConnection
+from psycopg.types.json import Jsonb
+
+from services.reservation.domain import FINAL_STATUSES, OrderStatus
+
+STEP_SQL = """
+WITH s AS (
+    SELECT * FROM unnest(%(id)s::uuid[], %(to)s::text[], %(allowed)s::text[], %(reason)s::text[],
+                         %(attempt)s::int[], %(details)s::jsonb[], %(guard)s::bool[],
+                         %(note)s::bool[], %(seq)s::int[])
+        AS s(id, to_status, allowed, reason, attempt, details, guard, note, seq)
+),
+moved AS (
+    UPDATE orders AS o
+       SET status = s.to_status, status_reason = s.reason, updated_at = now(),
+           attempts = COALESCE(s.attempt, o.attempts),
+           finalized_at = CASE WHEN s.to_status = ANY(%(final)s::text[]) THEN now() END
+      FROM s
+     WHERE s.to_status IS NOT NULL AND o.id = s.id
+       AND o.status = ANY(string_to_array(s.allowed, ','))
+       AND (NOT s.guard OR o.cancel_requested_at IS NULL)
+    RETURNING o.id, o.status, o.created_at, o.updated_at, s.seq
+),
+noted AS (
+    INSERT INTO order_status_history (order_id, status, reason, attempt, details)
+    SELECT s.id, COALESCE(m.status, o.status), s.reason, s.attempt, s.details
+      FROM s
+      JOIN orders AS o ON o.id = s.id
+      LEFT JOIN moved AS m ON m.seq = s.seq
+     WHERE m.seq IS NOT NULL OR s.to_status IS NULL OR s.note
+     ORDER BY s.seq
+)
+SELECT seq, status, created_at, updated_at FROM moved
+"""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Step:
+    order_id: UUID
+    reason: str
+    to: OrderStatus | None = None
+    """None: a journey note, the status stays."""
+    allowed_from: frozenset[OrderStatus] = frozenset()
+    attempt: int | None = None
+    details: dict[str, Any] | None = None
+    unless_cancelled: bool = False
+    """Only if no cancel was requested (a reservation must not win over a cancel)."""
+    note_if_unmoved: bool = False
+    """Still record the step as a note when the order was elsewhere."""
+
+
+@dataclass(frozen=True)
+class Moved:
+    step: Step
+    status: OrderStatus
+    created_at: datetime
+    updated_at: datetime
+
+
+async def apply(conn: AsyncConnection[Any], steps: Sequence[Step]) -> list[Moved]:
+    """Apply `steps` (in order per order); returns the steps that moved an order."""
+    moved: list[Moved] = []
+    for round_ in _rounds(steps):
+        cur = await conn.execute(
+            STEP_SQL,
+            {
+                "id": [s.order_id for s in round_],
+                "to": [s.to.value if s.to else None for s in round_],
+                "allowed": [",".join(sorted(x.value for x in s.allowed_from)) for s in round_],
+                "reason": [s.reason for s in round_],
+                "attempt": [s.attempt for s in round_],
+                "details": [None if s.details is None else Jsonb(s.details) for s in round_],
+                "guard": [s.unless_cancelled for s in round_],
+                "note": [s.note_if_unmoved for s in round_],
+                "seq": list(range(len(round_))),
+                "final": [x.value for x in FINAL_STATUSES],
+            },
+        )
+        for seq, status, created_at, updated_at in await cur.fetchall():
+            moved.append(Moved(round_[seq], OrderStatus(status), created_at, updated_at))
+    return moved
+
+
+def _rounds(steps: Iterable[Step]) -> list[list[Step]]:
+    rounds: list[list[Step]] = []
+    seen: dict[UUID, int] = {}
+    for step in steps:
+        n = seen.get(step.order_id, 0)
+        seen[step.order_id] = n + 1
+        if n == len(rounds):
+            rounds.append([])
+        rounds[n].append(step)
+    return rounds
