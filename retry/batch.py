@@ -400,6 +400,46 @@ class BatchProcessor:
         for o in outcomes:
             cls = o.classification
             self._counted.labels(o.verdict.value, cls.error_class if cls else "").inc()
+            action = _LOGGED.get((o.verdict, o.delivery.redrive))
+            if action is not None:
+                _log_outcome(action, o)
+
+
+# The failure path, one line per message (the healthy path logs nothing here: the
+# application logs its own journey): what an operator searches for in Kibana.
+_LOGGED = {
+    (Verdict.PARKED, False): "message_parked",
+    (Verdict.PARKED_BEHIND, False): "message_parked_behind",
+    (Verdict.DEAD, False): "message_dead",
+    (Verdict.PARKED, True): "message_rescheduled",
+    (Verdict.PARKED_BEHIND, True): "message_rescheduled",
+    (Verdict.DEAD, True): "message_dead",
+    (Verdict.SUCCEEDED, True): "message_redriven",
+}
+
+
+def _log_outcome(action: str, o: Outcome) -> None:
+    cls = o.classification
+    message = o.message
+    log.log(
+        logging.WARNING if o.verdict is Verdict.DEAD else logging.INFO,
+        action.replace("_", " "),
+        extra={
+            "event.action": action,
+            "labels.message_id": clean_text(message.message_id),
+            "labels.message_key": None if message.key is None else clean_text(message.key),
+            "kafka.topic": message.topic,
+            "kafka.partition": message.partition,
+            "kafka.offset": message.offset,
+            "retry.id": o.retry_id,
+            "retry.attempt": o.attempt,
+            "retry.next_attempt_at": o.next_attempt_at.isoformat()
+            if o.next_attempt_at is not None and o.verdict is not Verdict.DEAD
+            else None,
+            "error.type": cls.error_class if cls else None,
+            "error.message": cls.reason[:500] if cls else None,
+        },
+    )
 
 
 class _RecordFailed(Exception):

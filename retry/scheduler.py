@@ -85,12 +85,12 @@ class _Monotonic:
 
 
 # Redrivers rebuilt on one registry share its collectors (registering twice is an error).
-_METRICS: weakref.WeakKeyDictionary[CollectorRegistry, tuple[Counter, Gauge]] = (
+_METRICS: weakref.WeakKeyDictionary[CollectorRegistry, tuple[Counter, Gauge, Counter]] = (
     weakref.WeakKeyDictionary()
 )
 
 
-def _metrics_on(registry: CollectorRegistry) -> tuple[Counter, Gauge]:
+def _metrics_on(registry: CollectorRegistry) -> tuple[Counter, Gauge, Counter]:
     if registry not in _METRICS:
         outcomes = Counter("steadfast_redrive", "Re-drive outcomes", ["outcome"], registry=registry)
         for outcome in set(REDRIVE_OUTCOMES.values()):
@@ -98,7 +98,12 @@ def _metrics_on(registry: CollectorRegistry) -> tuple[Counter, Gauge]:
         rows = Gauge(
             "steadfast_retry_rows", "Rows in the retry table by state", ["state"], registry=registry
         )
-        _METRICS[registry] = (outcomes, rows)
+        limited = Counter(
+            "steadfast_redrive_rate_limited",
+            "Token requests the shared re-drive budget granted only in part (or not at all)",
+            registry=registry,
+        )
+        _METRICS[registry] = (outcomes, rows, limited)
     return _METRICS[registry]
 
 
@@ -128,7 +133,7 @@ class Redriver:
         # still not be able to finish each other's rows.
         self.owner = f"{owner}:{secrets.token_hex(4)}"
         self._clock = clock or _Monotonic()
-        self._outcomes, self._rows = _metrics_on(registry or CollectorRegistry())
+        self._outcomes, self._rows, self._limited = _metrics_on(registry or CollectorRegistry())
 
     async def run_once(self) -> dict[str, int]:
         """One pass; returns how many rows ended in each outcome."""
@@ -142,6 +147,8 @@ class Redriver:
                 log.debug("breaker open: no re-drive", extra={"event.action": "redrive_paused"})
                 break
             tokens = await self._budget.acquire(self._batch_size, max_wait=min(left, 1.0))
+            if tokens < self._batch_size:
+                self._limited.inc()
             if not tokens:
                 continue
             try:

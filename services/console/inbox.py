@@ -69,8 +69,11 @@ class AlertInbox:
                 logging.WARNING if alert.status == "firing" else logging.INFO,
                 f"alert {name} {alert.status}: {entry['summary'] or ''}".rstrip(": "),
                 extra={
-                    "event.action": f"alert_{alert.status}",
-                    "rule.name": name,
+                    "event.action": "alert_firing"
+                    if alert.status == "firing"
+                    else "alert_resolved",
+                    "alert.name": name,
+                    "alert.status": alert.status,
                     "alert.fingerprint": alert.fingerprint,
                     "alert.severity": entry["severity"],
                     "alert.labels": alert.labels,

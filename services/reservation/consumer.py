@@ -236,22 +236,22 @@ def _timestamp(seconds: float | None) -> datetime | None:
         return None
 
 
-def broken_record(event: EventT[Any], group: str, exc: Exception) -> Delivery:
-    """A record `to_message` could not read, as a delivery the engine parks as poison."""
+def fallback_message(event: EventT[Any], group: str) -> Message:
+    """What can be kept of a record `to_message` could not read: its place and bytes."""
     msg = event.message
     value = msg.value if isinstance(msg.value, bytes) else b""
-    return Delivery(
-        message=Message(
-            topic=str(msg.topic),
-            partition=msg.partition,
-            offset=msg.offset,
-            value=value,
-            consumer_group=group,
-        ),
-        broken=UndecodableMessage(
-            f"the record could not be read: {type(exc).__name__}: {exc}", signal="decode"
-        ),
+    return Message(
+        topic=str(msg.topic),
+        partition=msg.partition,
+        offset=msg.offset,
+        value=value,
+        consumer_group=group,
     )
+
+
+# A batch whose handling raised outside the engine (a bug in this module) is tried this
+# many times in place before its events are parked for the re-drive instead.
+_BATCH_TRIES = 3
 
 
 Partition = tuple[int | None, str, int]
@@ -270,7 +270,7 @@ class BatchWorker:
         acks: OrderedAcks[Any],
         *,
         convert: Callable[[Any], Message],
-        broken: Callable[[Any, Exception], Delivery],
+        fallback: Callable[[Any], Message],
         ours: Callable[[Any], bool],
         partition_of: Callable[[Any], Partition],
         offset_of: Callable[[Any], int],
@@ -281,7 +281,7 @@ class BatchWorker:
         self._runtime = runtime
         self._acks = acks
         self._convert = convert
-        self._broken = broken
+        self._fallback = fallback
         self._ours = ours
         self._partition_of = partition_of
         self._offset_of = offset_of
@@ -301,27 +301,46 @@ class BatchWorker:
             batch = [await self.queue.get()]
             while len(batch) < self._batch_max and not self.queue.empty():
                 batch.append(self.queue.get_nowait())
+            self._metrics.batch_size.observe(len(batch))
+            await self._handle_whatever_happens(batch)
+            self._metrics.in_flight.set(self._acks.pending())
+
+    async def _handle_whatever_happens(self, batch: list[Any]) -> None:
+        """`handle`, and if it raises (a bug: the engine raises only what it retries
+        itself), try again; then park the batch for the re-drive, which runs the handler
+        without this loop. Handing it back would not help: without a rebalance Kafka does
+        not redeliver, and the partition's commits would stop behind it."""
+        failure: Exception | None = None
+        attempt = 0
+        while True:
+            attempt += 1
             try:
-                await self.handle(batch)
+                await self.handle(batch, failed_with=failure if attempt > _BATCH_TRIES else None)
+                return
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                # Not reachable through the engine (it parks what it cannot use and
-                # raises only infrastructure errors, retried below); should a bug get
-                # here, the batch is handed back for redelivery rather than lost, and
-                # the loop goes on.
-                log.exception("batch failed", extra={"event.action": "consumer_batch_failed"})
+            except Exception as exc:
+                log.exception(
+                    "batch failed",
+                    extra={
+                        "event.action": "consumer_batch_failed",
+                        "retry.attempt": attempt,
+                        "retry.batch": len(batch),
+                    },
+                )
                 self._metrics.batch_failures.inc()
-                for event in batch:
-                    self._release(event)
-            finally:
-                self._metrics.in_flight.set(self._acks.pending())
+                failure = failure if attempt > _BATCH_TRIES else exc
+                await asyncio.sleep(min(5.0, 0.2 * attempt))
 
-    async def handle(self, events: Sequence[Any]) -> None:
+    async def handle(self, events: Sequence[Any], *, failed_with: Exception | None = None) -> None:
+        """Process `events` and ack them; with `failed_with`, park them all as failed so."""
         pending: list[tuple[Any, Delivery]] = []
         for event in events:
             if not self._ours(event):
                 self._release(event)
+                continue
+            if failed_with is not None:
+                pending.append((event, Delivery(message=self._fallback(event), broken=failed_with)))
                 continue
             try:
                 delivery = Delivery(message=self._convert(event))
@@ -337,7 +356,12 @@ class BatchWorker:
                     },
                 )
                 self._metrics.unreadable.inc()
-                delivery = self._broken(event, exc)
+                delivery = Delivery(
+                    message=self._fallback(event),
+                    broken=UndecodableMessage(
+                        f"the record could not be read: {type(exc).__name__}: {exc}"
+                    ),
+                )
             pending.append((event, delivery))
         while pending:
             outcomes = await self._process_in_place([d for _, d in pending])
@@ -445,7 +469,7 @@ def register_agent(
                 runtime,
                 OrderedAcks(manual.ack, untrack),
                 convert=lambda event: to_message(event, group),
-                broken=lambda event, exc: broken_record(event, group, exc),
+                fallback=lambda event: fallback_message(event, group),
                 ours=ours,
                 partition_of=partition_of,
                 offset_of=lambda event: int(event.message.offset),

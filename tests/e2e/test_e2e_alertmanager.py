@@ -144,7 +144,7 @@ def test_an_outage_alert_reaches_the_console_through_alertmanager_and_resolves(
     assert firing["severity"] == "critical"
     assert firing["alert_labels"]["name"] == "warehouse"
     assert firing["receiver"] == "console"
-    (line,) = [r for r in _console_lines(stack, "alert_firing") if r["rule.name"] == RULE]
+    (line,) = [r for r in _console_lines(stack, "alert_firing") if r["alert.name"] == RULE]
     assert line["alert.labels"]["name"] == "warehouse"
     active = console.get("/api/overview").json()["alerts"]
     assert active["alertmanager"] == "up"
@@ -154,6 +154,6 @@ def test_an_outage_alert_reaches_the_console_through_alertmanager_and_resolves(
     assert faults.status_code == 200, faults.text
     resolved = _until(lambda: received("resolved"), f"{RULE} resolved at the console", stack)
     assert resolved["ends_at"]
-    assert [r for r in _console_lines(stack, "alert_resolved") if r["rule.name"] == RULE]
+    assert [r for r in _console_lines(stack, "alert_resolved") if r["alert.name"] == RULE]
     console.close()
     print(f"alertmanager test: {time.monotonic() - started:.1f}s")  # noqa: T201

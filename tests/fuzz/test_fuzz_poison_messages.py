@@ -20,6 +20,13 @@ from typing import Any
 import httpx
 import pytest
 from confluent_kafka import Producer
+from confluent_kafka.admin import (
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    ResourceType,
+)
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -62,7 +69,28 @@ POISON: dict[str, tuple[bytes | None, Headers | None, str]] = {
     "tombstone": (None, None, "decode"),
     "bad-headers": (b"{", [("event_type", b"\xff\xfe"), ("traceparent", b"\x00\x01")], "decode"),
 }
+YEAR_9999_MS = 253_402_300_799_000
 NO_KEY_VALUE = b'{"event_type": "OrderPlaced", "schema_version": 1}'
+
+
+def accept_any_create_time(bootstrap: str, topic: str) -> None:
+    """Kafka 4 refuses a record stamped more than an hour ahead
+    (`message.timestamp.after.max.ms`, KIP-937), together with the rest of its batch; a
+    cluster may allow it, so the consumer must still cope."""
+    resource = ConfigResource(
+        ResourceType.TOPIC,
+        topic,
+        incremental_configs=[
+            ConfigEntry(
+                "message.timestamp.after.max.ms",
+                str(2**63 - 1),
+                incremental_operation=AlterConfigOpType.SET,
+            )
+        ],
+    )
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for future in admin.incremental_alter_configs([resource]).values():
+        future.result(timeout=15)
 
 
 async def _dead_rows(engine: AsyncEngine) -> list[Any]:
@@ -81,11 +109,22 @@ async def test_poison_of_every_kind_is_parked_and_the_consumer_goes_on(
     consumer = pipeline.start(
         "consumer", "steadfast-consumer", STEADFAST_METRICS_PORT=ports["consumer"]
     )
+    accept_any_create_time(pipeline.bootstrap, pipeline.topic)
+    refused: list[str] = []
+
+    def sent(err: Any, msg: Any) -> None:
+        if err is not None:
+            refused.append(str(err))
+
     producer = Producer({"bootstrap.servers": pipeline.bootstrap})
     for key, (value, headers, _) in POISON.items():
         producer.produce(pipeline.topic, key=key.encode(), value=value, headers=headers)
     producer.produce(pipeline.topic, value=NO_KEY_VALUE)  # no key, no headers
     producer.produce(pipeline.topic, key=b"\x00\xff-key", value=b"\x00")
+    # A CreateTime in the year 9999 (the last second Python's datetime holds).
+    producer.produce(
+        pipeline.topic, key=b"year-9999", value=b"[1]", timestamp=YEAR_9999_MS, on_delivery=sent
+    )
     assert producer.flush(10) == 0
 
     placed = []
@@ -96,7 +135,8 @@ async def test_poison_of_every_kind_is_parked_and_the_consumer_goes_on(
         assert response.status_code == 202, response.text
         placed.append(response.json()["id"])
 
-    expected = len(POISON) + 2
+    assert not refused, refused
+    expected = len(POISON) + 3
     deadline = time.monotonic() + 60
     rows: list[Any] = []
     while time.monotonic() < deadline:
@@ -114,10 +154,11 @@ async def test_poison_of_every_kind_is_parked_and_the_consumer_goes_on(
         assert (row.state, row.error_class) == ("DEAD", error_class), (key, row)
         assert row.last_error, key  # the reason an operator reads in /admin/retries
         assert row.payload == (value or b""), key
+    assert (by_key["year-9999"].state, by_key["year-9999"].error_class) == ("DEAD", "schema")
     keyless = [row for row in rows if row.key is None]
     assert len(keyless) == 1 and keyless[0].state == "DEAD"
     assert keyless[0].error_class == "schema"
-    garbled = [row for row in rows if row.key not in POISON and row.key is not None]
+    garbled = [row for row in rows if row.key not in POISON and row.key not in (None, "year-9999")]
     assert len(garbled) == 1 and garbled[0].state == "DEAD"
     assert "\x00" not in garbled[0].key  # PostgreSQL text cannot hold NUL: kept escaped
 

@@ -24,6 +24,7 @@ from services.reservation.app import psycopg_pool
 from services.reservation.handler import settle_cancelled_row
 from services.reservation.lag import LagMonitor
 from services.reservation.metrics import ConsumerMetrics
+from tests.integration.retry_engine.engine_support import rig  # noqa: F401 (a fixture)
 from tests.processes import TOKEN, Proc, admin_headers, base_env, start, start_warehouse
 
 

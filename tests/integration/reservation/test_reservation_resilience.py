@@ -315,3 +315,41 @@ async def test_a_later_event_for_a_parked_key_waits_its_turn(
     assert placed and cancelled and placed[0] < cancelled[0], reasons
     assert "RESERVED" not in [step["status"] for step in journey]
     assert pipeline.warehouse_stats()["reservations"] == 0
+
+
+async def test_a_cancel_wins_over_a_bulk_reprocess_of_its_dead_placement(
+    pipeline: Pipeline, api: httpx.AsyncClient, api_engine: AsyncEngine
+) -> None:
+    """Placed while the warehouse answers 503, cancelled while parked, the placement dies
+    on a terminal 400, then an operator bulk-reprocesses DEAD messages (the README's
+    tour): the order must stay CANCELLED with no stock held."""
+    pipeline.set_faults({"failure_rate": 1.0, "status_codes": [503]})
+    no_breaker = {
+        "STEADFAST_BREAKER__FAILURE_RATE_THRESHOLD": "1",
+        "STEADFAST_BREAKER__MIN_CALLS": "100000",
+    }
+    _start(pipeline, scheduler=False, **no_breaker)
+    [order_id] = await _place(api, 1)
+    await _wait_statuses(api_engine, {"RETRY_PENDING": 1}, 60, pipeline)
+    assert (await api.post(f"/orders/{order_id}/cancel")).status_code == 202
+    pipeline.set_faults({"failure_rate": 1.0, "status_codes": [400]})
+    pipeline.start("scheduler", "steadfast-scheduler", **{**FAST, **no_breaker})
+    await _wait_statuses(api_engine, {"CANCELLED": 1}, 60, pipeline)
+    deadline = time.monotonic() + 30
+    while await _retry_states(api_engine) != {"DEAD": 1, "SUCCEEDED": 1}:
+        assert time.monotonic() < deadline, await _retry_states(api_engine)
+        await asyncio.sleep(0.2)
+    pipeline.set_faults({"failure_rate": 0.0})
+    done = await api.post(
+        "/admin/retries/reprocess",
+        json={"state": ["DEAD"], "dry_run": False, "limit": 100},
+        headers=admin_headers(),
+    )
+    assert done.json()["requeued"] == 1
+    while await _retry_states(api_engine) != {"SUCCEEDED": 2}:
+        assert time.monotonic() < deadline + 30, await _retry_states(api_engine)
+        await asyncio.sleep(0.2)
+    order = (await api.get(f"/orders/{order_id}")).json()
+    assert order["status"] == "CANCELLED", order["journey"]
+    assert "RESERVED" not in [step["status"] for step in order["journey"]]
+    assert pipeline.warehouse_stats()["reservations"] == 0

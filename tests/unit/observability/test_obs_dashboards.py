@@ -51,7 +51,6 @@ REQUIRED_METRICS = {
         "steadfast_retry_rows",
         "steadfast_consumer_lag_messages",
         "steadfast_outbox_oldest_age_seconds",
-        "steadfast_alert_active",
         "ALERTS",
     },
     "kafka.json": {

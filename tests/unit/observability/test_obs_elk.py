@@ -51,7 +51,9 @@ EXPECTED_SEARCHES = {
         "bool": {"filter": [{"term": {"event.action": "breaker_transition"}}]}
     },
     "steadfast-admin-actions": {"bool": {"filter": [{"term": {"event.action": "admin_action"}}]}},
-    "steadfast-alerts": {"bool": {"filter": [{"term": {"event.action": "alert"}}]}},
+    "steadfast-alerts": {
+        "bool": {"filter": [{"terms": {"event.action": ["alert_firing", "alert_resolved"]}}]}
+    },
 }
 # ECS fields the processes log (services/common/logs.py and the brief) and their mapping.
 FIELD_TYPES = {

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from retry.admin import RetryDetail, RetryItem, _detail, _item
+from retry.failure import FailurePlan, plan_failure
 from retry.model import Classification, FailureKind, Message
 from retry.policy import FixedPolicy, LogarithmicPolicy
-from retry.processor import FailurePlan, plan_failure
 from retry.rows import (
     InvalidQuery,
     RetryFilter,
