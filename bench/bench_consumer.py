@@ -35,7 +35,7 @@ FINAL_COUNT = (
 )
 
 
-def run(events: int = 20_000, timeout: float = 120.0, broker: str | None = None) -> BenchResult:
+def run(events: int = 50_000, timeout: float = 120.0, broker: str | None = None) -> BenchResult:
     with bench_infra(NAME, broker=broker) as infra:
         orders = list(make_orders(events))
         fill_started = time.monotonic()
@@ -108,7 +108,7 @@ def run(events: int = 20_000, timeout: float = 120.0, broker: str | None = None)
 
 def main(argv: list[str] | None = None) -> BenchResult:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--events", type=int, default=20_000)
+    parser.add_argument("--events", type=int, default=50_000)
     parser.add_argument("--timeout", type=float, default=120.0, help="drain time limit, s")
     parser.add_argument("--broker", choices=BROKERS, default=None)
     args = parser.parse_args(argv)

@@ -1,12 +1,14 @@
-"""Recovery: N parked messages re-driven by the real scheduler at its configured rate.
+"""Recovery: N parked messages re-driven by two real schedulers at one cluster-wide rate.
 
 The retry rows are what the consumer parks after a retryable warehouse failure (an
 OrderPlaced event with the relay's headers, one failed attempt, due now), inserted
 directly, and their orders wait in RETRY_PENDING. The scheduler then re-drives them
-through the healthy warehouse mock. Passing means: the achieved rate is within ±10% of
-STEADFAST_REDRIVE_RATE_PER_SECOND, every row and order ends SUCCEEDED/RESERVED, and the
-breaker made no transition at all (the scheduler's transition counter is 0 and the shared
-breaker row is CLOSED at the end).
+through the healthy warehouse mock. Both schedulers are configured with the same
+STEADFAST_REDRIVE_RATE_PER_SECOND and draw from one token bucket in PostgreSQL, so the
+rate must hold for the two together. Passing means: the achieved rate is within ±10% of
+the configured one, every row and order ends SUCCEEDED/RESERVED, and the breaker made no
+transition at all (both schedulers' transition counters are 0 and the shared breaker row
+is CLOSED at the end).
 """
 
 from __future__ import annotations
@@ -84,9 +86,12 @@ def breaker_transitions(metrics_url: str) -> float:
     )
 
 
+SCHEDULERS = 2
+
+
 def run(
-    messages: int = 10_000,
-    rate: float = 500.0,
+    messages: int = 20_000,
+    rate: float = 1_000.0,
     timeout: float | None = None,
     broker: str | None = None,
 ) -> BenchResult:
@@ -99,29 +104,35 @@ def run(
         del orders
 
         warehouse = start_warehouse(infra.log_dir)
-        metrics_port = free_port()
-        scheduler = start_process(
-            NAME,
-            "steadfast-scheduler",
-            infra,
-            {
-                "STEADFAST_WAREHOUSE__BASE_URL": warehouse.urls["base"],
-                "STEADFAST_METRICS_PORT": str(metrics_port),
-                "STEADFAST_REDRIVE_RATE_PER_SECOND": str(rate),
-                # A pass claims about 2 s of work and the next one starts within 0.1 s;
-                # the bucket's burst (0.1 s of tokens) covers that gap, so the limiter,
-                # not the pass schedule, sets the rate.
-                "STEADFAST_BATCH_SIZE": str(max(1, int(rate * 2))),
-                "STEADFAST_INTERVAL_SECONDS": "0.1",
-                "STEADFAST_REDRIVE_BURST": str(max(1, int(rate / 10))),
-            },
-        )
-        pids = {"scheduler": scheduler.process.pid, "warehouse-mock": warehouse.process.pid}
+        ports = [free_port() for _ in range(SCHEDULERS)]
+        schedulers = [
+            start_process(
+                f"{NAME}-{n}",
+                "steadfast-scheduler",
+                infra,
+                {
+                    "STEADFAST_WAREHOUSE__BASE_URL": warehouse.urls["base"],
+                    "STEADFAST_METRICS_PORT": str(port),
+                    "STEADFAST_INSTANCE_ID": f"scheduler-{n}",
+                    "STEADFAST_REDRIVE_RATE_PER_SECOND": str(rate),
+                    # A tenth of a second of tokens per batch: the shared bucket, not the
+                    # pass schedule, sets the pace, and each batch is one engine call.
+                    "STEADFAST_BATCH_SIZE": str(max(1, int(rate / 10))),
+                    "STEADFAST_REDRIVE_BURST": str(max(1, int(rate / 10))),
+                    "STEADFAST_INTERVAL_SECONDS": "0.1",
+                },
+            )
+            for n, port in enumerate(ports, start=1)
+        ]
+        pids = {
+            **{p.name: p.process.pid for p in schedulers},
+            "warehouse-mock": warehouse.process.pid,
+        }
         try:
             with infra.connect(autocommit=True) as conn, RssSampler(pids) as rss:
 
                 def succeeded() -> int:
-                    for proc in (scheduler, warehouse):
+                    for proc in (*schedulers, warehouse):
                         if not proc.alive():
                             raise RuntimeError(f"{proc.name} exited:\n{proc.tail()}")
                     row = conn.execute(
@@ -130,7 +141,10 @@ def run(
                     return int(row[0]) if row else 0
 
                 result = drain(succeeded, messages, timeout=timeout)
-                transitions = breaker_transitions(f"http://127.0.0.1:{metrics_port}/metrics")
+                transitions = sum(
+                    breaker_transitions(f"http://127.0.0.1:{port}/metrics") for port in ports
+                )
+                shares = _shares(conn)
                 breakers = _breaker_states(conn)
                 states = dict(
                     conn.execute(
@@ -143,7 +157,8 @@ def run(
                 reserved = int(reserved_row[0]) if reserved_row else 0
             peak, cpu = rss.peak_mb(), rss.cpu_seconds()
         finally:
-            scheduler.stop()
+            for proc in schedulers:
+                proc.stop()
             warehouse.stop()
         done = max(result.done, 1)
         return BenchResult(
@@ -161,7 +176,9 @@ def run(
             },
             details={
                 "messages": messages,
+                "schedulers": SCHEDULERS,
                 "configured_rate_per_second": rate,
+                "rows_finished_by_scheduler": shares,
                 "redriven_while_timed": result.done - result.done_at_start,
                 "drain_seconds": round(result.seconds, 3),
                 "retry_states": states,
@@ -173,6 +190,15 @@ def run(
         )
 
 
+def _shares(conn: psycopg.Connection[Any]) -> dict[str, int]:
+    """Who finished how many rows (the `by` of each row's last history entry)."""
+    rows = conn.execute(
+        "SELECT split_part(history -> -1 ->> 'by', ':', 1), count(*) FROM retry_messages "
+        "WHERE state = 'SUCCEEDED' GROUP BY 1"
+    ).fetchall()
+    return {str(owner): int(n) for owner, n in rows}
+
+
 def _breaker_states(conn: psycopg.Connection[Any]) -> dict[str, str]:
     return {
         str(name): str(state)
@@ -182,8 +208,8 @@ def _breaker_states(conn: psycopg.Connection[Any]) -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> BenchResult:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--messages", type=int, default=10_000)
-    parser.add_argument("--rate", type=float, default=500.0, help="re-drives per second")
+    parser.add_argument("--messages", type=int, default=20_000)
+    parser.add_argument("--rate", type=float, default=1_000.0, help="re-drives per second")
     parser.add_argument("--timeout", type=float, default=None, help="default: 1.5x the ideal")
     parser.add_argument("--broker", choices=BROKERS, default=None)
     args = parser.parse_args(argv)

@@ -24,11 +24,11 @@ from bench.topic import end_offsets
 from local.infra import BROKERS
 
 NAME = "relay"
-TARGET_EVENTS_PER_SECOND = 15_000
+TARGET_EVENTS_PER_SECOND = 20_000
 
 
 def run(
-    rows: int = 100_000,
+    rows: int = 200_000,
     timeout: float = 120.0,
     broker: str | None = None,
     batch_size: int | None = None,
@@ -93,7 +93,7 @@ def run(
 
 def main(argv: list[str] | None = None) -> BenchResult:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--timeout", type=float, default=120.0, help="drain time limit, s")
     parser.add_argument("--broker", choices=BROKERS, default=None)
     parser.add_argument("--batch-size", type=int, default=None, help="STEADFAST_BATCH_SIZE")

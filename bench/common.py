@@ -341,6 +341,8 @@ class BenchInfra:
     topic: str
     partitions: int
     log_dir: Path
+    broker_pids: list[int] = field(default_factory=list)
+    """The broker processes this bench started (none for an external cluster)."""
 
     def env(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
         """The environment of a steadfast process: ours, loopback, no inherited STEADFAST_*."""
@@ -388,6 +390,7 @@ def bench_infra(
         migrations.upgrade(database_url)
 
         bootstrap = os.environ.get("STEADFAST_KAFKA_BOOTSTRAP_SERVERS")
+        broker_pids: list[int] = []
         if bootstrap:
             kind = "external"
         else:
@@ -401,6 +404,8 @@ def bench_infra(
             started = infra.start_broker(kind, state)
             stack.callback(started.stop)
             bootstrap = started.bootstrap
+            pids = getattr(started, "pids", None)
+            broker_pids = list(pids().values()) if callable(pids) else []
         topic = f"bench.{name}.{int(time.time())}"
         infra.ensure_topics(bootstrap, {topic: partitions})
         yield BenchInfra(
@@ -410,6 +415,7 @@ def bench_infra(
             topic=topic,
             partitions=partitions,
             log_dir=log_dir,
+            broker_pids=broker_pids,
         )
 
 

@@ -79,17 +79,20 @@ class LockedPrinter(Printer):  # type: ignore[misc]
 
         Set when the stack stops: honcho relays each child's output through an unbounded
         buffer, so a child that logged faster than the terminal took it leaves a backlog
-        that would otherwise be printed, line by line, before the stop could finish.
+        that would otherwise be printed (and filed), line by line, before the stop could
+        finish. What a child printed after that is not kept in its file either.
         """
         self._keep = names
 
     def write(self, message: Any) -> None:
         with self._lock:
-            if self._log_dir is not None and message.name not in LAUNCHER_NAMES:
-                self._keep_in_file(message)
             if self._keep is not None and message.name not in self._keep:
+                # Not even kept in the file: a flood's backlog, written line by line,
+                # held the stop past its 10 s (the launcher test saw 8-10 s).
                 self.dropped += 1
                 return
+            if self._log_dir is not None and message.name not in LAUNCHER_NAMES:
+                self._keep_in_file(message)
             try:
                 if self.pretty and message.type == "line":
                     self._write_pretty(message)

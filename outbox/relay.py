@@ -70,6 +70,7 @@ class Relay:
         metrics: OutboxMetrics,
         wakeup: Wakeup | None = None,
         batch_size: int = 500,
+        max_batch_size: int | None = None,
         lease_seconds: float = 30.0,
         poll_interval: float = 1.0,
         retention: timedelta | None = timedelta(hours=24),
@@ -86,6 +87,10 @@ class Relay:
         self._metrics = metrics
         self._wakeup = wakeup
         self._batch_size = batch_size
+        self._max_batch_size = max(batch_size, max_batch_size or 8 * batch_size)
+        # Grows while claims come back full (a backlog: fewer, larger round trips) and
+        # shrinks back as they come back short (steady traffic: small, quick batches).
+        self._next_size = batch_size
         self._lease_seconds = lease_seconds
         self._poll_interval = poll_interval
         self._retention = retention
@@ -157,7 +162,15 @@ class Relay:
         return self._publish(self._claim())
 
     def _claim(self) -> list[ClaimedEvent]:
-        return self._store.claim(self._batch_size, self.owner, self._lease_seconds)
+        # Claims never overlap (the next starts once the previous one's result is
+        # taken), so only one thread at a time reads and sets the size.
+        size = self._next_size
+        events = self._store.claim(size, self.owner, self._lease_seconds)
+        if len(events) >= size:
+            self._next_size = min(self._max_batch_size, size * 2)
+        elif len(events) < size // 2:
+            self._next_size = max(self._batch_size, size // 2)
+        return events
 
     def _mark_unmarked(self) -> None:
         if self._unmarked:

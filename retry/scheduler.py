@@ -24,17 +24,28 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Protocol
 
+import psycopg
+import psycopg_pool
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from prometheus_client import CollectorRegistry, Counter, Gauge
+from sqlalchemy import exc as sa_exc
 
 from retry.batch_model import Delivery, Outcome, Verdict
 from retry.rows import RetryRow
 from retry.schema import RETRY_STATES
 
 log = logging.getLogger(__name__)
+
+_UNAVAILABLE = (
+    psycopg.OperationalError,
+    psycopg_pool.PoolTimeout,
+    sa_exc.OperationalError,
+    sa_exc.InterfaceError,
+    OSError,
+)
 
 # The outcome labels of steadfast_redrive (dashboards and alerts name them).
 REDRIVE_OUTCOMES = {
@@ -200,6 +211,16 @@ def _guarded(name: str, job: Callable[[], Awaitable[object]]) -> Callable[[], Aw
     async def run() -> None:
         try:
             await job()
+        except _UNAVAILABLE as exc:
+            # The database restarting or unreachable: expected, and not worth a traceback.
+            log.warning(
+                f"{name} run failed: database unavailable",
+                extra={
+                    "event.action": f"{name}_run_failed",
+                    "error.type": type(exc).__name__,
+                    "error.message": str(exc)[:500],
+                },
+            )
         except Exception:
             log.exception(f"{name} run failed", extra={"event.action": f"{name}_run_failed"})
 

@@ -69,6 +69,7 @@ def run_relay(settings: RelaySettings) -> None:
         metrics=metrics,
         wakeup=listener,
         batch_size=settings.batch_size,
+        max_batch_size=settings.max_batch_size,
         lease_seconds=settings.lease_seconds,
         poll_interval=settings.poll_interval_seconds,
         retention=timedelta(hours=settings.retention_hours),

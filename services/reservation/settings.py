@@ -90,7 +90,10 @@ class ApiSettings(AdminAuth, _Common):
 class RelaySettings(_Common):
     kafka_bootstrap_servers: str = "127.0.0.1:9092"
     kafka_security: KafkaSecurity = KafkaSecurity()
-    batch_size: int = Field(default=500, ge=1)
+    batch_size: int = Field(default=500, ge=1, description="rows per claim without a backlog")
+    max_batch_size: int = Field(
+        default=4000, ge=1, description="rows per claim the batch grows to under a backlog"
+    )
     lease_seconds: float = Field(default=30.0, gt=0)
     poll_interval_seconds: float = Field(default=1.0, gt=0)
     retention_hours: float = Field(default=24.0, gt=0)

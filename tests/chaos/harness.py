@@ -23,6 +23,7 @@ from typing import Any
 
 import httpx
 import psycopg
+from confluent_kafka import KafkaException
 
 from local import infra
 from services.reservation.domain import FINAL_STATUSES
@@ -142,8 +143,16 @@ class ChaosStack:
         from confluent_kafka.admin import AdminClient
 
         admin = AdminClient({"bootstrap.servers": self.pipe.bootstrap, "log_level": 0})
-        future = admin.describe_consumer_groups([self.pipe.group], request_timeout=5)
-        description = future[self.pipe.group].result(5)
+        for attempt in range(10):
+            future = admin.describe_consumer_groups([self.pipe.group], request_timeout=5)
+            try:
+                description = future[self.pipe.group].result(5)
+                break
+            except KafkaException as exc:
+                # The coordinator moving or loading (a rebalance, a restart): ask again.
+                if not exc.args[0].retriable() or attempt == 9:
+                    raise
+                time.sleep(0.3)
         return {
             member.member_id: sorted(
                 tp.partition

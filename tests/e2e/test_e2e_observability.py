@@ -498,7 +498,7 @@ def _panel_sense(panels: list[dict[str, Any]], statuses: dict[str, int]) -> list
         ("Orders placed /s > 0", total("Orders placed /s") > 0),
         ("Reserved /s > 0", total("Reserved /s") > 0),
         (
-            f"DEAD (1h) ~ {statuses.get('DEAD', 0)} orders DEAD",
+            f"DEAD (1h) {total('DEAD (1h)'):g} ~ {statuses.get('DEAD', 0)} orders DEAD",
             abs(total("DEAD (1h)") - statuses.get("DEAD", 0))
             <= max(2, statuses.get("DEAD", 0) / 4),
         ),

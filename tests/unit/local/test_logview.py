@@ -169,12 +169,13 @@ def test_log_files_keep_the_json_lines_whatever_the_terminal_shows(
     printer.write(line("api-1", PLACED))
     printer.write(line("api-1", "a stray print"))
     printer.write(line("launcher", "stack ready"))
-    printer.only(frozenset({"launcher"}))  # stopping: no longer shown, still kept
+    printer.only(frozenset({"launcher"}))  # stopping: a backlog is neither shown nor kept
     printer.write(line("api-1", PLACED))
     printer.close()
     read_all(fd)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["api-1.log"]
-    assert (tmp_path / "api-1.log").read_text().splitlines() == [PLACED, "a stray print", PLACED]
+    assert (tmp_path / "api-1.log").read_text().splitlines() == [PLACED, "a stray print"]
+    assert printer.dropped == 1
 
 
 # -- logs --order ---------------------------------------------------------------------------
