@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from pythonjsonlogger.json import JsonFormatter
+from pythonjsonlogger.orjson import OrjsonFormatter
 
 # The trace id of the unit of work being handled (a request, a message, a re-drive).
 # Set by the edges that start work; read by the formatter, so no call site passes it.
@@ -33,7 +33,9 @@ def trace_context(trace_id: str | None) -> Iterator[None]:
         current_trace_id.reset(token)
 
 
-class EcsJsonFormatter(JsonFormatter):
+class EcsJsonFormatter(OrjsonFormatter):
+    # orjson: a log line costs about a third of the standard library's json (the journey
+    # logs are on the hot path at INFO).
     def __init__(self, service_name: str, aliases: dict[str, str] | None = None) -> None:
         super().__init__(
             "%(asctime)s %(levelname)s %(name)s %(message)s",

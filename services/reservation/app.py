@@ -17,8 +17,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import faust
+import orjson
 import uvicorn
 from prometheus_client import CollectorRegistry, start_http_server
+from psycopg.types.json import set_json_dumps
 from psycopg_pool import AsyncConnectionPool
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -117,6 +119,9 @@ def psycopg_pool(database_url: str, size: int, *, name: str) -> AsyncConnectionP
     consumer in place, the scheduler on its next pass); pinging every checkout would
     cost one round trip per statement to save that rare retry.
     """
+    # The batch statements carry JSON per message (journey details, headers): orjson
+    # dumps it several times faster than the standard library psycopg uses by default.
+    set_json_dumps(orjson.dumps)
     url = make_url(database_url).set(drivername="postgresql")
     return AsyncConnectionPool(
         url.render_as_string(hide_password=False),

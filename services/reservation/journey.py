@@ -22,10 +22,9 @@ from services.reservation.domain import FINAL_STATUSES, OrderStatus
 
 STEP_SQL = """
 WITH s AS (
-    SELECT * FROM unnest(%(id)s::uuid[], %(to)s::text[], %(allowed)s::text[], %(reason)s::text[],
-                         %(attempt)s::int[], %(details)s::jsonb[], %(guard)s::bool[],
-                         %(note)s::bool[], %(seq)s::int[])
-        AS s(id, to_status, allowed, reason, attempt, details, guard, note, seq)
+    SELECT * FROM jsonb_to_recordset(%(steps)s::jsonb)
+        AS s(id uuid, to_status text, allowed text, reason text, attempt int, details jsonb,
+             guard bool, note bool, seq int)
 ),
 moved AS (
     UPDATE orders AS o
@@ -49,6 +48,10 @@ noted AS (
 )
 SELECT seq, status, created_at, updated_at FROM moved
 """
+
+
+_FINAL = [x.value for x in FINAL_STATUSES]
+_ALLOWED: dict[frozenset[OrderStatus], str] = {}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -78,21 +81,26 @@ async def apply(conn: AsyncConnection[Any], steps: Sequence[Step]) -> list[Moved
     """Apply `steps` (in order per order); returns the steps that moved an order."""
     moved: list[Moved] = []
     for round_ in _rounds(steps):
-        cur = await conn.execute(
-            STEP_SQL,
+        # One JSON document rather than nine arrays: psycopg dumps array elements one by
+        # one in Python, the JSON in one call.
+        rows = [
             {
-                "id": [s.order_id for s in round_],
-                "to": [s.to.value if s.to else None for s in round_],
-                "allowed": [",".join(sorted(x.value for x in s.allowed_from)) for s in round_],
-                "reason": [s.reason for s in round_],
-                "attempt": [s.attempt for s in round_],
-                "details": [None if s.details is None else Jsonb(s.details) for s in round_],
-                "guard": [s.unless_cancelled for s in round_],
-                "note": [s.note_if_unmoved for s in round_],
-                "seq": list(range(len(round_))),
-                "final": [x.value for x in FINAL_STATUSES],
-            },
-        )
+                "id": str(s.order_id),
+                "to_status": s.to.value if s.to else None,
+                "allowed": _ALLOWED.get(s.allowed_from)
+                or _ALLOWED.setdefault(
+                    s.allowed_from, ",".join(sorted(x.value for x in s.allowed_from))
+                ),
+                "reason": s.reason,
+                "attempt": s.attempt,
+                "details": s.details,
+                "guard": s.unless_cancelled,
+                "note": s.note_if_unmoved,
+                "seq": seq,
+            }
+            for seq, s in enumerate(round_)
+        ]
+        cur = await conn.execute(STEP_SQL, {"steps": Jsonb(rows), "final": _FINAL})
         for seq, status, created_at, updated_at in await cur.fetchall():
             moved.append(Moved(round_[seq], OrderStatus(status), created_at, updated_at))
     return moved

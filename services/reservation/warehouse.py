@@ -19,6 +19,7 @@ from typing import Any
 from uuid import UUID
 
 import httpx
+import orjson
 
 from retry.errors import CallFailed
 from services.reservation.metrics import WarehouseMetrics
@@ -104,7 +105,7 @@ class WarehouseClient:
         except CallFailed as failed:
             self._observe_lines(started, [failed.signal] * len(lines))
             return [failed] * len(lines)
-        results = response.json()["results"]
+        results = orjson.loads(response.content)["results"]
         out: list[dict[str, Any] | CallFailed] = []
         statuses = []
         for result in results:
