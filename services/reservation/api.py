@@ -20,7 +20,7 @@ from uuid import UUID
 import psycopg
 import psycopg_pool
 from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Query, Request, Response
-from fastapi.responses import JSONResponse, ORJSONResponse
+from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import exc as sa_exc
@@ -232,7 +232,6 @@ def create_api(
         title="steadfast reservation API",
         version="1.0.0",
         description="Place orders; a resilient Kafka consumer reserves their stock.",
-        default_response_class=ORJSONResponse,
         lifespan=lifespan,
     )
     app.state.engine = engine
