@@ -212,7 +212,11 @@ class CpuMeter:
 @contextlib.contextmanager
 def profiled(pids: dict[str, int], seconds: float, out_dir: Path | None) -> Iterator[None]:
     """py-spy record of each process for `seconds`, when asked for and installed."""
-    spy = os.environ.get("PY_SPY") or shutil.which("py-spy")
+    spy = (
+        os.environ.get("PY_SPY")
+        or shutil.which("py-spy")
+        or shutil.which("py-spy", path=str(Path(sys.executable).parent))
+    )
     if out_dir is None or not spy:
         yield
         return

@@ -147,9 +147,17 @@ class ReservationHandler:
         for outcome in outcomes:
             steps.extend(self._steps(outcome))
         moved = await journey.apply(conn, steps)
+        if not any(change.status.is_final for change in moved):
+            return
+        # The trace each order's placement started, so its final line joins that trace.
+        traces = {
+            o.prepared.order_id: _trace_id(o.message.headers.get("traceparent"))
+            for o in outcomes
+            if isinstance(o.prepared, Prepared)
+        }
         for change in moved:
             if change.status.is_final:
-                self._final(change)
+                self._final(change, traces.get(change.step.order_id))
 
     # -- details ------------------------------------------------------------------------------
 
@@ -261,7 +269,7 @@ class ReservationHandler:
             details=details,
         )
 
-    def _final(self, change: journey.Moved) -> None:
+    def _final(self, change: journey.Moved, trace_id: str | None) -> None:
         status = change.status
         self._outcomes.orders_final.labels(status.value).inc()
         self._outcomes.end_to_end.labels(status.value).observe(
@@ -274,8 +282,15 @@ class ReservationHandler:
                 "labels.order_id": str(change.step.order_id),
                 "order.status": status.value,
                 "reason": change.step.reason,
+                "trace.id": trace_id,
             },
         )
+
+
+def _trace_id(traceparent: str | None) -> str | None:
+    """The trace id of a W3C traceparent (`00-<trace id>-<span id>-<flags>`)."""
+    parts = traceparent.split("-") if traceparent else []
+    return parts[1] if len(parts) == 4 and len(parts[1]) == 32 else None
 
 
 def _decode(message: Message) -> OrderPlaced | OrderCancelled | Exception:
