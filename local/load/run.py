@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 import httpx
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -130,6 +131,12 @@ async def run_load(config: LoadConfig, console: Console | None = None) -> Summar
     faults = config.effective_faults()
     bars = _Bars(console)
     async with (
+        aiohttp.ClientSession(
+            base_url=target.api,
+            connector=aiohttp.TCPConnector(limit=connections),
+            timeout=aiohttp.ClientTimeout(total=config.request_timeout),
+            trust_env=False,
+        ) as orders_http,
         httpx.AsyncClient(
             base_url=target.api, limits=limits, timeout=timeout, trust_env=False
         ) as api,
@@ -145,7 +152,7 @@ async def run_load(config: LoadConfig, console: Console | None = None) -> Summar
         async with _faults_applied(admin, faults, config.keep_faults):
             with bars.shown():
                 placer = Placer(
-                    client=api,
+                    client=orders_http,
                     workload=workload,
                     budget=config.budget,
                     poison=poison,

@@ -251,7 +251,9 @@ def replay_after_drain(stack: ChaosStack, load: LoadRunner, scale: Scale) -> dic
     return {"replayed_after_drain": replayed, "warehouse_lines_added": after - before}
 
 
-PROCESS_KILLS = [
+# Consumers leaving and coming back: a file of their own (test_chaos_rebalance.py), so
+# pytest-xdist's --dist loadfile spreads the chaos tier over the workers.
+REBALANCE = [
     Scenario(
         "consumer-failover",
         kill_consumer,
@@ -266,6 +268,8 @@ PROCESS_KILLS = [
         consumers=("consumer-a", "consumer-b"),
         expected_errors=rebalance_errors,
     ),
+]
+PROCESS_KILLS = [
     Scenario("relay-kill", kill_and_restart("relay"), at=0.4),
     Scenario("scheduler-kill", kill_scheduler, at=0.5),
     Scenario("api-kill", kill_api, at=0.25),

@@ -1,10 +1,10 @@
 """Chaos, part 1: a process killed with kill -9 under load, then restarted.
 
-The consumer (a second consumer in the group takes its partitions over once its session
-expires, measured), the relay, the scheduler (while it holds leases) and the API in
-mid-request (clients retry with the same Idempotency-Key). The scenarios and their audit are in
-`tests/chaos/scenarios.py`; infrastructure failures are in `test_chaos_infra.py`, a file of
-their own so that pytest-xdist (`--dist loadfile`) runs the two halves side by side.
+The relay, the scheduler (while it holds leases) and the API in mid-request (clients
+retry with the same Idempotency-Key); consumers are in `test_chaos_rebalance.py`. The
+scenarios and their audit are in `tests/chaos/scenarios.py`; infrastructure failures are
+in `test_chaos_infra.py`, files of their own so that pytest-xdist (`--dist loadfile`)
+runs them side by side.
 """
 
 from __future__ import annotations

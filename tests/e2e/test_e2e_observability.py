@@ -61,7 +61,8 @@ WAVE_FAULTY = 160  # under random 429/503
 WAVE_OUTAGE = 60  # placed while the warehouse is down
 WAVE_OOS = 20  # out-of-stock SKUs: REJECTED
 WAVE_AFTER = 60  # after recovery, failures still on
-TOTAL = WAVE_FAULTY + WAVE_OUTAGE + WAVE_OOS + WAVE_AFTER
+WAVE_PROBES = 10  # placed once the warehouse is back: a half-open breaker needs calls to probe
+TOTAL = WAVE_FAULTY + WAVE_OUTAGE + WAVE_OOS + WAVE_AFTER + WAVE_PROBES
 
 FAULTS = {"failure_rate": 0.4, "status_codes": [429, 503], "retry_after_seconds": 1}
 FAST_ENV = {
@@ -364,13 +365,16 @@ def test_every_panel_alert_and_saved_search_answers_from_a_live_faulty_run(
     )
     # 3. Recovery: it half-opens after OPEN_SECONDS, its probes succeed, it closes. (With
     #    40% failures still on, 3 probes fail 78% of the time and it flaps for a while.)
+    #    When every outage order already went DEAD, nothing would be left to probe with:
+    #    a few orders placed now are the probes.
     _set_faults(stack, {})
+    ids += _place(stack, WAVE_FAULTY + WAVE_OUTAGE, WAVE_PROBES, lambda i: f"SKU-{i % 7}")
     timings["breaker_closed"] = _wait(
         "the breaker to close", lambda: _breaker_state(stack) == "CLOSED", 30, stack
     )
     _set_faults(stack, FAULTS)
     # 4. Out-of-stock orders (REJECTED) and more faulty traffic.
-    base = WAVE_FAULTY + WAVE_OUTAGE
+    base = WAVE_FAULTY + WAVE_OUTAGE + WAVE_PROBES
     ids += _place(stack, base, WAVE_OOS, lambda i: f"OOS-{i % 3}")
     ids += _place(stack, base + WAVE_OOS, WAVE_AFTER, lambda i: f"SKU-{i % 7}")
     assert len(set(ids)) == TOTAL
