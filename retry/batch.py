@@ -5,9 +5,11 @@ Per batch, whatever its size:
 1. one read for the engine (`batch_sql.lookup`: events already taken, keys with an open
    retry row) and one for the application (`BatchHandler.prepare`);
 2. the side effects in waves: a wave holds the next message of every key, so a key's
-   messages run in offset order while different keys run together. The shared breaker
-   is asked per call, and only for items that reach the dependency (a poison message or
-   a cancelled order takes no half-open probe permit);
+   messages run in offset order while different keys run together. A wave goes out
+   canary first (its first `canary` calls, then the rest), so an outage meets a few
+   calls, not a whole batch. The shared breaker is asked per call, and only for items
+   that reach the dependency (a poison message or a cancelled order takes no half-open
+   probe permit);
 3. one write transaction: the events claimed in processed_events (a per-event lock: an
    event another consumer recorded first is dropped here as a duplicate), the parked
    rows, the re-driven rows finished under their lease, and the application's own
@@ -78,6 +80,7 @@ class BatchProcessor:
         registry: CollectorRegistry,
         owner: str = "consumer",
         on_outcomes: Callable[[Sequence[Outcome]], None] | None = None,
+        canary: int = 20,
     ) -> None:
         self._pool = pool
         self._handler = handler
@@ -87,6 +90,9 @@ class BatchProcessor:
         self._rng = rng
         self._owner = owner
         self._on_outcomes = on_outcomes
+        if canary < 1:
+            raise ValueError("canary must be >= 1")
+        self._canary = canary
         self._counted = _consumed_counter(registry)
 
     @property
@@ -180,43 +186,60 @@ class BatchProcessor:
                     )
                 else:
                     wave.append(index)
-            admitted: list[int] = []
-            for index in wave:
-                item = prepared[index]
-                if self._handler.calls_dependency(item) and not await self._breaker.allow():
-                    outcomes[index] = Outcome(
-                        delivery=deliveries[index], verdict=Verdict.BLOCKED, prepared=item
-                    )
-                    message = deliveries[index].message
-                    key = message.key if message.key is not None else f"\0{index}"
-                    blocked.add((message.topic, key))
-                else:
-                    admitted.append(index)
-            if not admitted:
-                continue
-            results = await self._call(
-                [prepared[i] for i in admitted], [deliveries[i].attempt for i in admitted]
-            )
-            for index, result in zip(admitted, results, strict=True):
-                delivery = deliveries[index]
-                item = prepared[index]
-                touches = self._handler.calls_dependency(item)
-                if isinstance(result, Exception):
-                    cls = self._classify(result)
-                    await self._report(cls, touches)
-                    outcome = self._failed(delivery, item, cls)
-                    if outcome.verdict is Verdict.PARKED:
-                        message = delivery.message
-                        key = message.key if message.key is not None else f"\0{index}"
-                        parked[(message.topic, key)] = message.offset or 0
-                else:
-                    if touches:
-                        await self._record_breaker(True)
-                    outcome = Outcome(
-                        delivery=delivery, verdict=Verdict.SUCCEEDED, prepared=item, result=result
-                    )
-                outcomes[index] = outcome
+            # A canary first: the breaker only learns from answers, so a whole wave let
+            # through at once would meet an outage with every call (and park them all).
+            # After the canary's answers the breaker is asked again for the rest.
+            chunks = [wave[: self._canary], wave[self._canary :]]
+            for chunk in chunks:
+                if chunk:
+                    await self._run_chunk(chunk, deliveries, prepared, outcomes, blocked, parked)
         return [o for o in outcomes if o is not None]
+
+    async def _run_chunk(
+        self,
+        chunk: list[int],
+        deliveries: Sequence[Delivery],
+        prepared: Sequence[object],
+        outcomes: list[Outcome | None],
+        blocked: set[tuple[str, str | None]],
+        parked: dict[tuple[str, str | None], int],
+    ) -> None:
+        admitted: list[int] = []
+        for index in chunk:
+            item = prepared[index]
+            if self._handler.calls_dependency(item) and not await self._breaker.allow():
+                outcomes[index] = Outcome(
+                    delivery=deliveries[index], verdict=Verdict.BLOCKED, prepared=item
+                )
+                message = deliveries[index].message
+                key = message.key if message.key is not None else f"\0{index}"
+                blocked.add((message.topic, key))
+            else:
+                admitted.append(index)
+        if not admitted:
+            return
+        results = await self._call(
+            [prepared[i] for i in admitted], [deliveries[i].attempt for i in admitted]
+        )
+        for index, result in zip(admitted, results, strict=True):
+            delivery = deliveries[index]
+            item = prepared[index]
+            touches = self._handler.calls_dependency(item)
+            if isinstance(result, Exception):
+                cls = self._classify(result)
+                await self._report(cls, touches)
+                outcome = self._failed(delivery, item, cls)
+                if outcome.verdict is Verdict.PARKED:
+                    message = delivery.message
+                    key = message.key if message.key is not None else f"\0{index}"
+                    parked[(message.topic, key)] = message.offset or 0
+            else:
+                if touches:
+                    await self._record_breaker(True)
+                outcome = Outcome(
+                    delivery=delivery, verdict=Verdict.SUCCEEDED, prepared=item, result=result
+                )
+            outcomes[index] = outcome
 
     async def _call(self, items: list[object], attempts: list[int]) -> Sequence[object]:
         try:

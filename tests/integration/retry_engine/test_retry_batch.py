@@ -14,7 +14,7 @@ from retry.breaker import CircuitBreaker
 from retry.breaker_machine import BreakerConfig
 from retry.clock import FakeClock
 from retry.errors import CallFailed, UndecodableMessage
-from tests.integration.retry_engine.engine_support import POISON, App, Rig, msg
+from tests.integration.retry_engine.engine_support import POISON, App, Rig, StubBreaker, msg
 
 pytestmark = pytest.mark.postgres
 
@@ -320,3 +320,25 @@ async def test_a_rebuilt_engine_shares_the_registry(rig: Rig) -> None:
     again = rig.engine_for(App())  # a consumer runtime restarting
     await again.process([Delivery(message=msg(1))])
     assert rig.consumed("succeeded") == 1
+
+
+async def test_an_outage_meets_the_canary_not_the_whole_batch(rig: Rig) -> None:
+    """The breaker learns only from answers: the first calls of a wave go out alone, and
+    the rest ask the breaker again, so an outage parks a canary's worth, not a batch."""
+
+    class Tripping(StubBreaker):
+        async def record(self, success: bool) -> None:
+            await super().record(success)
+            if self.records.count(False) >= 10:
+                self.allowed = False  # the shared breaker opening
+
+    breaker = Tripping()
+    engine = rig.engine_for(rig.app, breaker)
+    for n in range(100):
+        rig.app.failures[f"e-{n}"] = [CallFailed("http_503", "down")]
+    verdicts = [
+        o.verdict.value
+        for o in await engine.process([Delivery(message=msg(n)) for n in range(100)])
+    ]
+    assert verdicts.count("parked") == 20 and verdicts.count("blocked") == 80
+    assert len(rig.app.calls) == 20
