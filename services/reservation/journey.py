@@ -9,6 +9,7 @@ second in the next (an UPDATE must not touch one row twice).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -51,7 +52,12 @@ SELECT seq, status, created_at, updated_at FROM moved
 
 
 _FINAL = [x.value for x in FINAL_STATUSES]
-_ALLOWED: dict[frozenset[OrderStatus], str] = {}
+
+
+@functools.cache
+def _allowed(statuses: frozenset[OrderStatus]) -> str:
+    """The statement's form of a step's allowed statuses (a handful of distinct sets)."""
+    return ",".join(sorted(x.value for x in statuses))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -87,10 +93,7 @@ async def apply(conn: AsyncConnection[Any], steps: Sequence[Step]) -> list[Moved
             {
                 "id": str(s.order_id),
                 "to_status": s.to.value if s.to else None,
-                "allowed": _ALLOWED.get(s.allowed_from)
-                or _ALLOWED.setdefault(
-                    s.allowed_from, ",".join(sorted(x.value for x in s.allowed_from))
-                ),
+                "allowed": _allowed(s.allowed_from),
                 "reason": s.reason,
                 "attempt": s.attempt,
                 "details": s.details,

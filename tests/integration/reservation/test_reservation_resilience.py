@@ -84,6 +84,15 @@ async def _wait_statuses(
     raise AssertionError(f"statuses {seen}, expected {expected}\n{tails}")
 
 
+async def _wait_retry_states(
+    engine: AsyncEngine, expected: dict[str, int], within: float, what: str
+) -> None:
+    deadline = time.monotonic() + within
+    while (seen := await _retry_states(engine)) != expected:
+        assert time.monotonic() < deadline, f"waiting for {what}: retry rows {seen}"
+        await asyncio.sleep(0.2)
+
+
 async def _retry_states(engine: AsyncEngine) -> dict[str, int]:
     async with engine.connect() as conn:
         rows = await conn.execute(text("SELECT state, count(*) FROM retry_messages GROUP BY state"))
@@ -296,19 +305,13 @@ async def test_a_later_event_for_a_parked_key_waits_its_turn(
     [order_id] = await _place(api, 1)
     await _wait_statuses(api_engine, {"RETRY_PENDING": 1}, 60, pipeline)
     assert (await api.post(f"/orders/{order_id}/cancel")).status_code == 202
-    deadline = time.monotonic() + 30
-    while await _retry_states(api_engine) != {"PENDING": 2}:
-        assert time.monotonic() < deadline, "the cancel was not parked behind the order"
-        await asyncio.sleep(0.2)
+    await _wait_retry_states(api_engine, {"PENDING": 2}, 30, "the cancel parked behind the order")
     # The cancel was not applied ahead of the placement: nothing was released.
     assert pipeline.warehouse_stats()["releases"] == 0
     pipeline.set_faults({"failure_rate": 0.0})
     pipeline.start("scheduler", "steadfast-scheduler", **{**FAST, **no_breaker})
     await _wait_statuses(api_engine, {"CANCELLED": 1}, 60, pipeline)
-    deadline = time.monotonic() + 30
-    while await _retry_states(api_engine) != {"SUCCEEDED": 2}:  # the cancel's turn too
-        assert time.monotonic() < deadline, await _retry_states(api_engine)
-        await asyncio.sleep(0.2)
+    await _wait_retry_states(api_engine, {"SUCCEEDED": 2}, 30, "the cancel's turn too")
     journey = (await api.get(f"/orders/{order_id}")).json()["journey"]
     reasons = [step["reason"] for step in journey]
     # The placement was re-driven first, saw the customer's cancel and reserved nothing;
@@ -338,10 +341,7 @@ async def test_a_cancel_wins_over_a_bulk_reprocess_of_its_dead_placement(
     pipeline.set_faults({"failure_rate": 1.0, "status_codes": [400]})
     pipeline.start("scheduler", "steadfast-scheduler", **{**FAST, **no_breaker})
     await _wait_statuses(api_engine, {"CANCELLED": 1}, 60, pipeline)
-    deadline = time.monotonic() + 30
-    while await _retry_states(api_engine) != {"DEAD": 1, "SUCCEEDED": 1}:
-        assert time.monotonic() < deadline, await _retry_states(api_engine)
-        await asyncio.sleep(0.2)
+    await _wait_retry_states(api_engine, {"DEAD": 1, "SUCCEEDED": 1}, 30, "the placement dead")
     pipeline.set_faults({"failure_rate": 0.0})
     done = await api.post(
         "/admin/retries/reprocess",
@@ -349,9 +349,7 @@ async def test_a_cancel_wins_over_a_bulk_reprocess_of_its_dead_placement(
         headers=admin_headers(),
     )
     assert done.json()["requeued"] == 1
-    while await _retry_states(api_engine) != {"SUCCEEDED": 2}:
-        assert time.monotonic() < deadline + 30, await _retry_states(api_engine)
-        await asyncio.sleep(0.2)
+    await _wait_retry_states(api_engine, {"SUCCEEDED": 2}, 30, "the reprocessed placement")
     order = (await api.get(f"/orders/{order_id}")).json()
     assert order["status"] == "CANCELLED", order["journey"]
     assert "RESERVED" not in [step["status"] for step in order["journey"]]
