@@ -75,6 +75,7 @@ def build_app(settings: ConsumerSettings) -> faust.App:
         broker_heartbeat_interval=min(1.0, kafka.session_timeout_seconds / 3),
         broker_max_poll_interval=kafka.max_poll_interval_seconds,
         broker_max_poll_records=kafka.max_poll_records,
+        consumer_metadata_max_age_ms=int(kafka.metadata_max_age_seconds * 1000),
         broker_commit_interval=1.0,
         stream_buffer_maxsize=max(1024, 2 * settings.batch_max_messages),
         # At a rebalance faust would otherwise wait for every event it handed out to be

@@ -35,6 +35,11 @@ class KafkaConfig(BaseModel):
     # fetched in one piece (thousands of records, drained at the processing rate) would
     # outlast it. A bounded batch keeps fetches, and so group membership, regular.
     max_poll_records: int = Field(default=500, ge=1)
+    # The group leader rebalances when a subscribed topic's partitions change, but it only
+    # learns of a change at a metadata refresh. Right after a broker restart a topic whose
+    # leaders are not elected yet looks missing, the assignment leaves it out, and with
+    # the client's 300 s default the consumer would sit unassigned for five minutes.
+    metadata_max_age_seconds: float = Field(default=10.0, gt=0)
 
 
 class WarehouseClientConfig(BaseModel):

@@ -164,6 +164,22 @@ class ChaosStack:
             for member in description.members
         }
 
+    def wait_assigned(self, timeout: float = 60) -> None:
+        """Until the group holds every partition of the topic: a disruption is meant to hit
+        a pipeline in its steady state, not a consumer still bootstrapping (one that cannot
+        bootstrap exits, for its supervisor to start again)."""
+        deadline = time.monotonic() + timeout
+        held: set[int] = set()
+        while time.monotonic() < deadline:
+            held = {p for parts in self.group_assignment().values() for p in parts}
+            if len(held) == self.pipe_partitions:
+                return
+            self.assert_running()
+            time.sleep(0.2)
+        raise AssertionError(
+            f"the group holds partitions {sorted(held)} of {self.pipe_partitions} after {timeout}s"
+        )
+
     @property
     def api_url(self) -> str:
         return f"http://127.0.0.1:{self.api_port}"

@@ -334,6 +334,7 @@ def run(
         client_deadline=chaos_scale.client_deadline,
     ).start()
     load.wait_answered(int(scenario.at * chaos_scale.orders), 120)
+    stack.wait_assigned()
     scenario.disrupt(stack, load, chaos_scale)
     load.join(chaos_scale.client_deadline + chaos_scale.orders / chaos_scale.rate + 30)
     drained = stack.wait_drained(load.acknowledged().values(), chaos_scale.drain_timeout)
