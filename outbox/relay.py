@@ -32,6 +32,7 @@ __all__ = [
     "BatchOutcome",
     "KafkaPublisher",
     "PgListener",
+    "PublishObserver",
     "PublishResult",
     "Publisher",
     "Relay",
@@ -44,6 +45,11 @@ log = logging.getLogger(__name__)
 # publication (or a stop) for long.
 _CLEANUP_BATCH = 5000
 _CLEANUP_BATCHES = 4
+
+
+PublishObserver = Callable[[Sequence[ClaimedEvent], Sequence[PublishResult], float], None]
+"""Told of every published batch: the events, their delivery reports and when publishing
+began (epoch seconds); e.g. to record a span per event. It runs on the relay's thread."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +84,7 @@ class Relay:
         stats_interval: float = 5.0,
         backoff: Backoff | None = None,
         clock: Callable[[], float] = time.monotonic,
+        observer: PublishObserver | None = None,
     ) -> None:
         if batch_size < 1 or lease_seconds <= 0 or poll_interval <= 0:
             raise ValueError("batch_size, lease_seconds and poll_interval must be positive")
@@ -98,6 +105,7 @@ class Relay:
         self._stats_interval = stats_interval
         self._backoff = backoff or Backoff()
         self._clock = clock
+        self._observer = observer
         self._stopping = threading.Event()
         self._next_stats = 0.0
         self._next_cleanup = 0.0
@@ -181,7 +189,10 @@ class Relay:
         if not events:
             return BatchOutcome()
         self._metrics.batch_size.observe(len(events))
+        started = time.time()
         results = self._publisher.publish(events, cancelled=self._stopping.is_set)
+        if self._observer is not None:
+            self._observer(events, results, started)
         return self._settle(events, results)
 
     def _release_unpublished(self, batch: Future[list[ClaimedEvent]]) -> None:

@@ -26,6 +26,7 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 from pydantic import BaseModel, Field, SecretStr
 
+from services.common.tracing import FASTAPI_TELEMETRY
 from services.console.inbox import AlertInbox, WebhookDelivery
 from services.console.overview import Overview
 from services.console.readonly import ReadOnlyDatabase
@@ -151,6 +152,7 @@ def create_app(
         docs_url=None,
         redoc_url=None,
         openapi_url=None,
+        telemetry=FASTAPI_TELEMETRY,
     )
     app.add_middleware(SecurityHeaders)
 

@@ -31,7 +31,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from outbox.store import OutboxEvent, add_events
 from services.common.http_errors import install_error_handlers
-from services.common.tracing import continue_trace, trace_id_of
+from services.common.tracing import FASTAPI_TELEMETRY, continue_trace, trace_id_of
 from services.reservation import db, placing
 from services.reservation.domain import (
     CANCELLABLE,
@@ -233,6 +233,7 @@ def create_api(
         version="1.0.0",
         description="Place orders; a resilient Kafka consumer reserves their stock.",
         lifespan=lifespan,
+        telemetry=FASTAPI_TELEMETRY,
     )
     app.state.engine = engine
     install_error_handlers(app)
@@ -346,7 +347,7 @@ def _orders_router(
         idempotency_key: IdempotencyKey = None,
         traceparent: TraceParent = None,
     ) -> OrderOut:
-        with continue_trace(traceparent, "POST /orders") as child_traceparent:
+        with continue_trace(traceparent, "place order") as child_traceparent:
             try:
                 async with writer() as conn:
                     row, replayed = await placing.place(
@@ -418,7 +419,7 @@ def _orders_router(
     async def cancel_order(
         order_id: UUID, response: Response, traceparent: TraceParent = None
     ) -> OrderOut:
-        with continue_trace(traceparent, "POST /orders/{id}/cancel") as child_traceparent:
+        with continue_trace(traceparent, "cancel order") as child_traceparent:
             async with engine.begin() as conn:
                 row = await db.get_order(conn, order_id)
                 if row is None:

@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+from opentelemetry.trace import SpanKind
 from psycopg import AsyncConnection
 from sqlalchemy.ext.asyncio import AsyncConnection as SAConnection
 
@@ -33,6 +35,7 @@ from retry.batch_model import Outcome, Verdict
 from retry.errors import UndecodableMessage
 from retry.model import FailureKind, Message
 from retry.rows import RetryRow
+from services.common import tracing
 from services.reservation import journey
 from services.reservation.domain import (
     OrderCancelled,
@@ -70,6 +73,8 @@ class Prepared:
     order: OrderState | None
     skip: str | None = None
     """Why no warehouse call is made (a cancel requested, an order already final)."""
+    traceparent: str | None = None
+    """The trace the order's placement started (the event's header)."""
 
     @property
     def order_id(self) -> UUID:
@@ -101,13 +106,14 @@ class ReservationHandler:
             for order_id, status, cancel_requested_at in await cur.fetchall():
                 orders[order_id] = OrderState(OrderStatus(status), cancel_requested_at)
         out: list[object] = []
-        for event in decoded:
+        for message, event in zip(messages, decoded, strict=True):
             if isinstance(event, Exception):
                 out.append(event)
                 continue
             assert isinstance(event, OrderPlaced | OrderCancelled)
             order = orders.get(event.order_id)
-            out.append(Prepared(event, order, _skip(event, order)))
+            traceparent = message.headers.get("traceparent")
+            out.append(Prepared(event, order, _skip(event, order), traceparent))
         return out
 
     def calls_dependency(self, prepared: object) -> bool:
@@ -131,15 +137,21 @@ class ReservationHandler:
                 item = prepared[i]
                 assert isinstance(item, Prepared) and isinstance(item.event, OrderPlaced)
                 lines.append(ReserveLine(item.order_id, [x.model_dump() for x in item.event.items]))
+            started = time.time()
             answers = await self._warehouse.reserve_many(lines)
             for i, answer in zip(placements, answers, strict=True):
                 results[i] = answer if isinstance(answer, Exception) else Handled("stock reserved")
+            if tracing.exporting():
+                _call_spans("warehouse reserve", prepared, attempts, placements, results, started)
         if releases:
+            started = time.time()
             done = await asyncio.gather(
                 *(self._release(prepared[i]) for i in releases), return_exceptions=True
             )
             for i, released in zip(releases, done, strict=True):
                 results[i] = released
+            if tracing.exporting():
+                _call_spans("warehouse release", prepared, attempts, releases, results, started)
         return results
 
     async def record(self, conn: AsyncConnection[Any], outcomes: Sequence[Outcome]) -> None:
@@ -151,7 +163,7 @@ class ReservationHandler:
             return
         # The trace each order's placement started, so its final line joins that trace.
         traces = {
-            o.prepared.order_id: _trace_id(o.message.headers.get("traceparent"))
+            o.prepared.order_id: tracing.trace_id_of(o.prepared.traceparent)
             for o in outcomes
             if isinstance(o.prepared, Prepared)
         }
@@ -163,7 +175,7 @@ class ReservationHandler:
 
     async def _release(self, item: object) -> Handled:
         assert isinstance(item, Prepared)
-        released = await self._warehouse.release(item.order_id, None)
+        released = await self._warehouse.release(item.order_id, item.traceparent)
         return Handled("stock released" if released else "nothing was reserved")
 
     def _steps(self, outcome: Outcome) -> list[Step]:
@@ -287,10 +299,34 @@ class ReservationHandler:
         )
 
 
-def _trace_id(traceparent: str | None) -> str | None:
-    """The trace id of a W3C traceparent (`00-<trace id>-<span id>-<flags>`)."""
-    parts = traceparent.split("-") if traceparent else []
-    return parts[1] if len(parts) == 4 and len(parts[1]) == 32 else None
+def _call_spans(
+    name: str,
+    prepared: Sequence[object],
+    attempts: Sequence[int],
+    indexes: Sequence[int],
+    results: Sequence[object],
+    started: float,
+) -> None:
+    """One client span per order of a batch call, in the trace its placement started: the
+    call is shared, the spans are not, so each order's trace shows its own attempts."""
+    ended = time.time()
+    for i in indexes:
+        item = prepared[i]
+        assert isinstance(item, Prepared)
+        result = results[i]
+        tracing.record_span(
+            name,
+            parent=item.traceparent,
+            start=started,
+            end=ended,
+            kind=SpanKind.CLIENT,
+            attributes={
+                "steadfast.order_id": str(item.order_id),
+                "steadfast.attempt": attempts[i],
+                "steadfast.batch_size": len(indexes),
+            },
+            error=str(result) if isinstance(result, Exception) else None,
+        )
 
 
 def _decode(message: Message) -> OrderPlaced | OrderCancelled | Exception:

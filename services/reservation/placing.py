@@ -79,7 +79,7 @@ async def place(
     *,
     idempotency_key: str | None,
     traceparent: str,
-    trace_id: str,
+    trace_id: str | None,
     topic: str,
 ) -> tuple[OrderRow, bool]:
     """The order (new, or the one its key made before) and whether it is a replay."""

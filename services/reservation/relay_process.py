@@ -12,20 +12,25 @@ import os
 import signal
 import socket
 import threading
+import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from types import FrameType
 
+from opentelemetry.trace import SpanKind
 from prometheus_client import CollectorRegistry, start_http_server
 from sqlalchemy import create_engine
 from sqlalchemy.engine import make_url
 
+from outbox.event import ClaimedEvent
 from outbox.kafka import KafkaPublisher
 from outbox.listener import PgListener
 from outbox.metrics import OutboxMetrics, ProducerStatsMetrics
+from outbox.publisher import PublishResult
 from outbox.relay import Relay
 from outbox.store import OutboxStore
+from services.common import tracing
 from services.common.kafka import preflight
 from services.reservation.settings import RelaySettings
 
@@ -35,6 +40,32 @@ log = logging.getLogger(__name__)
 # delivery, a backoff, and its own delivery, or a slow batch could be claimed (and
 # published) twice by another relay: hence at most a quarter of the lease.
 DELIVERY_TIMEOUT_SECONDS = 10.0
+
+
+def publish_spans(
+    events: Sequence[ClaimedEvent], results: Sequence[PublishResult], started: float
+) -> None:
+    """A producer span per event, in the trace of the request that wrote it, from the
+    batch's start to the broker's acknowledgement of that event."""
+    reports = {r.id: r for r in results}
+    for event in events:
+        report = reports.get(event.id)
+        if report is None:
+            continue
+        tracing.record_span(
+            f"{event.topic} publish",
+            parent=event.headers.get("traceparent"),
+            start=started,
+            end=report.delivered_at or time.time(),
+            kind=SpanKind.PRODUCER,
+            attributes={
+                "messaging.system": "kafka",
+                "messaging.destination.name": event.topic,
+                "messaging.kafka.message.key": event.key,
+                "steadfast.outbox_id": event.id,
+            },
+            error=str(report.error) if report.error is not None else None,
+        )
 
 
 def relay_owner(instance_id: str | None) -> str:
@@ -73,6 +104,7 @@ def run_relay(settings: RelaySettings) -> None:
         lease_seconds=settings.lease_seconds,
         poll_interval=settings.poll_interval_seconds,
         retention=timedelta(hours=settings.retention_hours),
+        observer=publish_spans if tracing.exporting() else None,
     )
     server = None
     if settings.metrics_port is not None:

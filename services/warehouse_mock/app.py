@@ -21,6 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from pydantic import SecretStr
 
 from services.common.http_errors import install_error_handlers
+from services.common.tracing import FASTAPI_TELEMETRY
 from services.warehouse_mock.admin import admin_router
 from services.warehouse_mock.faults import FaultDecision, FaultInjector, FaultKind
 from services.warehouse_mock.middleware import BodySizeLimit, RequestRecorder
@@ -198,6 +199,7 @@ def create_app(
         description="Stock reservations with tunable, seeded faults.",
         # A redirect is a status no operation documents; "/reservations/%2F" must be a 404.
         redirect_slashes=False,
+        telemetry=FASTAPI_TELEMETRY,
     )
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.warehouse_max_body_bytes)

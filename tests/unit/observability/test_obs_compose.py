@@ -63,6 +63,7 @@ FIXED_PORTS = {
     "ops-console": 8090,
     "grafana": 3000,
     "kibana": 5601,
+    "jaeger": 16686,
 }
 IMAGES = {
     # The same Apache Kafka the launcher runs from Maven Central (KRaft, no ZooKeeper).
@@ -75,6 +76,7 @@ IMAGES = {
     "prometheus": "prom/prometheus:",
     "alertmanager": "prom/alertmanager:v0.25",
     "grafana": "grafana/grafana:",
+    "jaeger": "jaegertracing/all-in-one:1.",
 }
 # Host paths outside the repository that Filebeat needs to read container logs.
 HOST_PATHS = {"/var/lib/docker/containers", "/var/run/docker.sock"}
@@ -168,6 +170,12 @@ def test_compose_has_the_whole_stack() -> None:
     for name, image in IMAGES.items():
         assert all_services[name]["image"].startswith(image), name
     assert set(SERVICE_SETTINGS) | {"migrate", "kafka-init", "kibana-setup"} <= set(all_services)
+
+
+def test_our_services_export_traces_to_jaeger() -> None:
+    for name in [n for n in SERVICE_SETTINGS if n != "ops-console"]:
+        endpoint = service_env(name).get("OTEL_EXPORTER_OTLP_ENDPOINT", "")
+        assert "http://jaeger:4318" in endpoint, f"{name}: {endpoint!r}"
 
 
 def test_our_services_build_from_the_root_dockerfile_and_run_a_console_script() -> None:
