@@ -242,9 +242,21 @@ async def test_a_scheduler_killed_mid_batch_loses_nothing(
     # Slow calls: a claimed batch is in flight (its rows leased) when the kill lands.
     pipeline.set_faults({"failure_rate": 0.0, "latency": {"kind": "fixed", "ms": 700}})
     first = pipeline.start("scheduler", "steadfast-scheduler", **{**FAST, **slow})
-    wait_until(
-        lambda: pipeline.warehouse_stats()["reservations"] >= 10, 30, "re-drives to start", first
-    )
+    # Kill while a claimed batch is at the warehouse: after some re-drives went through
+    # (so it is past its first batch) and while rows are leased, not between two batches.
+    deadline = asyncio.get_running_loop().time() + 30
+    while True:
+        async with api_engine.connect() as conn:
+            in_flight = (
+                await conn.execute(
+                    text("SELECT count(*) FROM retry_messages WHERE state = 'IN_PROGRESS'")
+                )
+            ).scalar_one()
+        if in_flight and pipeline.warehouse_stats()["reservations"] >= 10:
+            break
+        assert asyncio.get_running_loop().time() < deadline, "re-drives did not start"
+        assert first.alive(), f"the scheduler exited:\n{first.tail()}"
+        await asyncio.sleep(0.05)
     first.kill()
     del pipeline.procs["scheduler"]  # killed on purpose: not a crash to report
     async with api_engine.connect() as conn:
