@@ -69,14 +69,22 @@ PROFILED = ("api-1", "consumer-1")
 class Stack:
     """`steadfast-local run` on the bench's database and broker, stopped on exit."""
 
-    def __init__(self, infra: BenchInfra, state_dir: Path, env: dict[str, str]) -> None:
+    def __init__(
+        self, infra: BenchInfra, state_dir: Path, env: dict[str, str], *, prometheus: bool = False
+    ) -> None:
         shutil.rmtree(state_dir, ignore_errors=True)
         state_dir.mkdir(parents=True)
         self.endpoints_path = state_dir / "run" / "endpoints.json"
         self.log_path = infra.log_dir / "stack.log"
         with self.log_path.open("wb") as out:
             self.process = subprocess.Popen(
-                [str(LAUNCHER), "run", "--state-dir", str(state_dir), "--no-prometheus"],
+                [
+                    str(LAUNCHER),
+                    "run",
+                    "--state-dir",
+                    str(state_dir),
+                    *(() if prometheus else ("--no-prometheus",)),
+                ],
                 env=infra.env(env),
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -107,7 +115,7 @@ class Stack:
 
 
 @contextlib.contextmanager
-def private_postgres(enabled: bool) -> Iterator[None]:
+def private_postgres(enabled: bool, name: str = NAME) -> Iterator[None]:
     """An embedded PostgreSQL for this bench alone (STEADFAST_DATABASE_URL points at it).
 
     On a shared machine the server on :5432 serves everyone's tests, and its 100
@@ -116,7 +124,7 @@ def private_postgres(enabled: bool) -> Iterator[None]:
     if not enabled or os.environ.get("STEADFAST_DATABASE_URL"):
         yield
         return
-    pg = local_infra.start_embedded_postgres(STATE_DIR / NAME / "postgres")
+    pg = local_infra.start_embedded_postgres(STATE_DIR / name / "postgres")
     os.environ["STEADFAST_DATABASE_URL"] = pg.url
     try:
         yield
@@ -126,8 +134,16 @@ def private_postgres(enabled: bool) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def running_stack(infra: BenchInfra, log_level: str) -> Iterator[Stack]:
-    stack = Stack(infra, STATE_DIR / NAME / "stack", {"STEADFAST_LOG_LEVEL": log_level})
+def running_stack(
+    infra: BenchInfra, log_level: str, *, prometheus: bool = False, name: str = NAME
+) -> Iterator[Stack]:
+    """The stack, without Prometheus unless asked for (its scrapes are not the pipeline's)."""
+    stack = Stack(
+        infra,
+        STATE_DIR / name / "stack",
+        {"STEADFAST_LOG_LEVEL": log_level},
+        prometheus=prometheus,
+    )
     try:
         run_bounded(stack.ready, timeout=90, what="stack ready", interval=0.2)
         yield stack
