@@ -426,7 +426,13 @@ class Launcher:
         checks: dict[str, str] = {}
         for inst in instances:
             if inst.role == "api":
-                checks[inst.name] = f"{inst.base_url}/ready"
+                # A replica's own metrics port proves that replica is up; the shared port
+                # answers from whichever replica the kernel picks.
+                checks[inst.name] = (
+                    inst.metrics_url if inst.metrics_port else f"{inst.base_url}/ready"
+                )
+                if inst.metrics_port:
+                    checks["api"] = f"{inst.base_url}/ready"
             elif inst.role in {"warehouse", "console"}:
                 checks[inst.name] = f"{inst.base_url}/health"
             else:

@@ -24,7 +24,8 @@ KAFKA_SECURITY = ("plaintext", "sasl", "sasl-ssl")
 ROLES = ("api", "warehouse", "relay", "consumer", "scheduler", "console")
 # Roles that serve HTTP on their port (the others serve only /metrics there).
 HTTP_ROLES = frozenset({"api", "warehouse", "console"})
-SCALABLE = frozenset({"relay", "consumer", "scheduler"})
+# API replicas share one port (SO_REUSEPORT); each serves its metrics on a port of its own.
+SCALABLE = frozenset({"api", "relay", "consumer", "scheduler"})
 COMMANDS = {
     "api": "steadfast-api",
     "warehouse": "steadfast-warehouse",
@@ -95,6 +96,8 @@ class Instance:
     role: str
     port: int
     """The api/warehouse/console HTTP port, else the Prometheus metrics port."""
+    metrics_port: int | None = None
+    """An API replica's own metrics port (its HTTP port is shared with the others)."""
 
     @property
     def base_url(self) -> str:
@@ -102,15 +105,24 @@ class Instance:
 
     @property
     def metrics_url(self) -> str:
-        return f"{self.base_url}/metrics"
+        return f"http://{LOOPBACK}:{self.metrics_port or self.port}/metrics"
 
 
 def plan(options: LaunchOptions) -> list[Instance]:
-    return [
-        Instance(f"{role}-{n}", role, infra.free_port())
-        for role in ROLES
-        for n in range(1, options.count(role) + 1)
-    ]
+    instances: list[Instance] = []
+    for role in ROLES:
+        count = options.count(role)
+        if role == "api" and count > 1:
+            shared = infra.free_port()
+            instances += [
+                Instance(f"api-{n}", role, shared, metrics_port=infra.free_port())
+                for n in range(1, count + 1)
+            ]
+        else:
+            instances += [
+                Instance(f"{role}-{n}", role, infra.free_port()) for n in range(1, count + 1)
+            ]
+    return instances
 
 
 def command_for(role: str, overrides: Mapping[str, str]) -> str:
@@ -150,6 +162,9 @@ def process_env(
     env["STEADFAST_HOST"] = LOOPBACK
     if inst.role == "api":
         env["STEADFAST_PORT"] = str(inst.port)
+        if inst.metrics_port is not None:
+            env["STEADFAST_REUSE_PORT"] = "true"
+            env["STEADFAST_METRICS_PORT"] = str(inst.metrics_port)
     elif inst.role == "warehouse":
         env["STEADFAST_WAREHOUSE_PORT"] = str(inst.port)
     elif inst.role == "console":
@@ -183,7 +198,10 @@ def render_prometheus(
     def static_configs(role: str) -> str:
         return json.dumps(
             [
-                {"targets": [f"{LOOPBACK}:{i.port}"], "labels": {"instance_id": i.name}}
+                {
+                    "targets": [f"{LOOPBACK}:{i.metrics_port or i.port}"],
+                    "labels": {"instance_id": i.name},
+                }
                 for i in instances
                 if i.role == role
             ]

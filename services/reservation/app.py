@@ -11,6 +11,7 @@ import asyncio
 import logging
 import random
 import signal
+import socket
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -231,7 +232,29 @@ def run_api(settings: ApiSettings) -> None:
         admin_router=admin,
         lifespan=lifespan,
     )
-    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, access_log=False)
+    serve_metrics(registry, settings.host, settings.metrics_port, "api")
+    config = uvicorn.Config(
+        app, host=settings.host, port=settings.port, log_config=None, access_log=False
+    )
+    if settings.reuse_port:
+        uvicorn.Server(config).run(sockets=[shared_socket(settings.host, settings.port)])
+    else:
+        uvicorn.Server(config).run()
+
+
+def shared_socket(host: str, port: int) -> socket.socket:
+    """A listening socket other processes may bind too (SO_REUSEPORT, Linux and BSDs).
+
+    uvicorn's own `--workers` forks from one import of the app, so its replicas could not
+    be supervised (or killed) one by one; processes sharing a port can.
+    """
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
 
 
 def run_consumer(settings: ConsumerSettings) -> None:

@@ -87,6 +87,11 @@ class _Common(BaseSettings):
 
 class ApiSettings(AdminAuth, _Common):
     port: int = Field(default=8000, ge=0, le=65535)
+    reuse_port: bool = Field(
+        default=False,
+        description="bind with SO_REUSEPORT: replicas on one host share the port, the kernel "
+        "spreads connections (each replica then serves /metrics on metrics_port too)",
+    )
     kafka: KafkaConfig = KafkaConfig()
     max_body_bytes: int = Field(default=256 * 1024, ge=1024, le=16 * 1024 * 1024)
     breaker: BreakerConfig = BreakerConfig()

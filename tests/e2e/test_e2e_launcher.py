@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 if TYPE_CHECKING:  # conftest is pytest's to import; only its type is borrowed here
     from tests.e2e.conftest import Stack
@@ -263,9 +264,38 @@ def test_prometheus_scrapes_the_processes(stack_factory: StackFactory) -> None:
 
 
 def test_bad_options_fail_fast_with_a_clear_message(stack_factory: StackFactory) -> None:
-    stack = stack_factory(scale={"api": 2}, wait=False)
+    stack = stack_factory(scale={"warehouse": 2}, wait=False)
     assert stack.wait_exit(30) == 2
-    assert "only consumer, relay, scheduler run more than once" in stack.output_tail()
+    assert "only api, consumer, relay, scheduler run more than once" in stack.output_tail()
+
+
+def test_api_replicas_share_one_port_and_each_serves_its_own_metrics(
+    stack_factory: StackFactory,
+) -> None:
+    stack = stack_factory(only=["api"], scale={"api": 2})
+    metrics = stack.endpoints["metrics"]
+    assert set(metrics) == {"api-1", "api-2"} == set(stack.pids)
+    assert len(set(metrics.values())) == 2
+    orders = 60
+    for i in range(orders):
+        # A connection of its own each time: the kernel picks a replica per connection.
+        response = httpx.post(
+            stack.url("api", "/orders"),
+            json={"customer_id": "replicas", "items": [{"sku": "SKU-1", "quantity": 1}]},
+            headers={"Idempotency-Key": f"replicas-{i}"},
+            timeout=10,
+        )
+        assert response.status_code == 202, response.text
+    placed = {name: _counter(url, "steadfast_orders_placed") for name, url in metrics.items()}
+    assert sum(placed.values()) == orders, placed
+    assert all(count > 0 for count in placed.values()), f"one replica served nothing: {placed}"
+
+
+def _counter(metrics_url: str, name: str) -> float:
+    families = text_string_to_metric_families(httpx.get(metrics_url, timeout=5).text)
+    return sum(
+        s.value for f in families if f.name == name for s in f.samples if s.name == f"{name}_total"
+    )
 
 
 def test_sighup_from_a_closed_terminal_stops_cleanly(stack_factory: StackFactory) -> None:
