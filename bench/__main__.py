@@ -20,7 +20,7 @@ from bench.common import BenchResult, print_table
 log = logging.getLogger("bench")
 
 # bench_e2e is another module's; it joins when present.
-BENCHES = ("relay", "consumer", "recovery", "e2e", "console", "idle")
+BENCHES = ("relay", "consumer", "recovery", "e2e", "scaling", "console", "idle")
 
 
 def _entry(name: str) -> Callable[[list[str]], BenchResult] | None:

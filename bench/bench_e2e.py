@@ -70,7 +70,13 @@ class Stack:
     """`steadfast-local run` on the bench's database and broker, stopped on exit."""
 
     def __init__(
-        self, infra: BenchInfra, state_dir: Path, env: dict[str, str], *, prometheus: bool = False
+        self,
+        infra: BenchInfra,
+        state_dir: Path,
+        env: dict[str, str],
+        *,
+        prometheus: bool = False,
+        args: tuple[str, ...] = (),
     ) -> None:
         shutil.rmtree(state_dir, ignore_errors=True)
         state_dir.mkdir(parents=True)
@@ -84,6 +90,7 @@ class Stack:
                     "--state-dir",
                     str(state_dir),
                     *(() if prometheus else ("--no-prometheus",)),
+                    *args,
                 ],
                 env=infra.env(env),
                 stdout=out,
@@ -135,14 +142,22 @@ def private_postgres(enabled: bool, name: str = NAME) -> Iterator[None]:
 
 @contextlib.contextmanager
 def running_stack(
-    infra: BenchInfra, log_level: str, *, prometheus: bool = False, name: str = NAME
+    infra: BenchInfra,
+    log_level: str,
+    *,
+    prometheus: bool = False,
+    name: str = NAME,
+    env: dict[str, str] | None = None,
+    args: tuple[str, ...] = (),
 ) -> Iterator[Stack]:
-    """The stack, without Prometheus unless asked for (its scrapes are not the pipeline's)."""
+    """The stack, without Prometheus unless asked for (its scrapes are not the pipeline's);
+    `env` on top of the bench's, `args` to `steadfast-local run` (e.g. `--scale`)."""
     stack = Stack(
         infra,
         STATE_DIR / name / "stack",
-        {"STEADFAST_LOG_LEVEL": log_level},
+        {"STEADFAST_LOG_LEVEL": log_level, **(env or {})},
         prometheus=prometheus,
+        args=args,
     )
     try:
         run_bounded(stack.ready, timeout=90, what="stack ready", interval=0.2)

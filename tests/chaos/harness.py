@@ -127,6 +127,10 @@ class ChaosStack:
     pipe_partitions: int = 3
     api_port: int = field(default_factory=infra.free_port)
     killed: set[str] = field(default_factory=set)
+    retired: set[str] = field(default_factory=set)
+    """Stopped on purpose with SIGTERM (scaled in): they must exit 0, having logged no crash."""
+    overrides: dict[str, str] = field(default_factory=dict)
+    """Settings on top of KNOBS for every process a scenario starts."""
     restarts: int = 0
     events: list[tuple[float, str]] = field(default_factory=list)
     measured: dict[str, Any] = field(default_factory=dict)
@@ -198,7 +202,12 @@ class ChaosStack:
         role = name.split(".")[0].split("-")[0]
         extra = {"STEADFAST_METRICS_PORT": str(infra.free_port())}
         if role == "api":
-            extra = {"STEADFAST_PORT": str(self.api_port)}
+            # Replicas (and a restarted API) share the one port the clients know.
+            extra = {
+                "STEADFAST_PORT": str(self.api_port),
+                "STEADFAST_REUSE_PORT": "true",
+                "STEADFAST_METRICS_PORT": str(infra.free_port()),
+            }
         if role in ("consumer", "scheduler", "relay"):
             extra["STEADFAST_INSTANCE_ID"] = name
         if role == "scheduler":
@@ -208,7 +217,7 @@ class ChaosStack:
         if role == "consumer":
             # faust keeps a data dir per app; two consumers on one host must not share it.
             extra["STEADFAST_DATA_DIR"] = str(self.pipe.log_dir / f"faust-{name}")
-        proc = self.pipe.start(name, ROLES[role], **{**KNOBS, **extra})
+        proc = self.pipe.start(name, ROLES[role], **{**KNOBS, **self.overrides, **extra})
         if role == "api":
             wait_until(
                 lambda: httpx.get(f"{self.api_url}/health", timeout=1).status_code == 200,
@@ -231,6 +240,13 @@ class ChaosStack:
         proc.kill()
         self.killed.add(name)
         self.note(f"kill -9 {name} (pid {proc.process.pid})")
+
+    def retire(self, name: str) -> float:
+        """Scale `name` in: SIGTERM, as an orchestrator removing a replica; its seconds to exit."""
+        took = self.procs[name].stop(timeout=30)
+        self.retired.add(name)
+        self.note(f"stopped {name} (SIGTERM) in {took:.1f}s")
+        return took
 
     def restart(self, name: str) -> Proc:
         """Start a fresh instance in place of killed `name`, logging to its own file."""
@@ -276,7 +292,7 @@ class ChaosStack:
 
     def assert_running(self) -> None:
         for name, proc in self.procs.items():
-            if name not in self.killed and not proc.alive():
+            if name not in self.killed | self.retired and not proc.alive():
                 raise AssertionError(
                     f"{name} died (exit {proc.process.returncode}):\n{proc.tail()}"
                 )
@@ -300,7 +316,7 @@ class ChaosStack:
                 for line in proc.log_path.read_text(errors="replace").splitlines()
                 if line.startswith("Traceback")
             ]
-            if not proc.alive():
+            if not proc.alive() and not (name in self.retired and proc.process.returncode == 0):
                 bad.append(f"exited with {proc.process.returncode}")
             if bad or raw:
                 found[name] = bad + raw

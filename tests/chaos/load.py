@@ -35,6 +35,8 @@ class Placement:
     unanswered: int = 0
     """Tries that got no HTTP answer at all (the API died or was restarting)."""
     last_error: str | None = None
+    cancel_status: int | None = None
+    """The answer to the customer's cancel, when this order was one to cancel."""
 
 
 def order_body(index: int) -> dict[str, Any]:
@@ -52,6 +54,9 @@ class LoadRunner:
     rate: float
     concurrency: int
     client_deadline: float
+    cancel_every: int = 0
+    """Every Nth acknowledged order is cancelled by its customer, 0 to 1.5 s after the 202
+    (before, during and after its reservation); 0: no cancels."""
     placements: list[Placement] = field(init=False)
     answered: int = field(init=False, default=0)
     in_flight: int = field(init=False, default=0)
@@ -102,6 +107,15 @@ class LoadRunner:
             "answered": self.answered,
             "unanswered_tries": sum(p.unanswered for p in self.placements),
             "gave_up": sum(1 for p in self.placements if p.status is None),
+            "cancels_accepted": sum(1 for p in self.placements if p.cancel_status == 202),
+        }
+
+    def cancels(self) -> dict[str, int]:
+        """Order id → the HTTP status its cancel got, for every order a customer cancelled."""
+        return {
+            p.order_id: p.cancel_status
+            for p in self.placements
+            if p.order_id is not None and p.cancel_status is not None
         }
 
     def _main(self) -> None:
@@ -119,16 +133,20 @@ class LoadRunner:
             base_url=self.base_url, timeout=httpx.Timeout(10.0), limits=limits, trust_env=False
         ) as client:
 
-            async def one(placement: Placement) -> None:
+            async def one(index: int, placement: Placement) -> None:
                 async with gate:
                     await self._place(client, placement)
+                if self.cancel_every and index % self.cancel_every == 3 and placement.order_id:
+                    await asyncio.sleep((index // self.cancel_every % 4) * 0.5)
+                    async with gate:
+                        await self._cancel(client, placement)
 
             tasks = []
             for index, placement in enumerate(self.placements):
                 # Paced by the clock, not by answers: a stalled API must not slow the offer.
                 due = self.started_at + index / self.rate
                 await asyncio.sleep(max(0.0, due - time.monotonic()))
-                tasks.append(asyncio.create_task(one(placement)))
+                tasks.append(asyncio.create_task(one(index, placement)))
             await asyncio.gather(*tasks)
 
     async def _place(self, client: httpx.AsyncClient, placement: Placement) -> None:
@@ -162,3 +180,17 @@ class LoadRunner:
         finally:
             with self._lock:
                 self.in_flight -= 1
+
+    async def _cancel(self, client: httpx.AsyncClient, placement: Placement) -> None:
+        """Retried like a placement: a cancel is safe to repeat (409 once it is final)."""
+        deadline = time.monotonic() + self.client_deadline
+        while time.monotonic() < deadline:
+            try:
+                response = await client.post(f"/orders/{placement.order_id}/cancel")
+            except httpx.TransportError:
+                await asyncio.sleep(0.2)
+                continue
+            if response.status_code not in RETRYABLE_STATUSES:
+                placement.cancel_status = response.status_code
+                return
+            await asyncio.sleep(0.2)
