@@ -61,11 +61,19 @@ def _by_role(cpu_seconds: dict[str, float], orders: int) -> dict[str, float]:
 
 
 def measure(
-    partitions: int, consumers: int, *, clients: int, seconds: float, warmup: int
+    partitions: int,
+    consumers: int,
+    *,
+    clients: int,
+    seconds: float,
+    warmup: int,
+    linger: float | None,
 ) -> dict[str, Any]:
     suffix = uuid.uuid4().hex[:6]
     with bench_infra(NAME, partitions=partitions) as infra:
         env = {"STEADFAST_KAFKA__CONSUMER_GROUP": f"bench-scaling-{suffix}"}
+        if linger is not None:
+            env["STEADFAST_BATCH_LINGER_SECONDS"] = str(linger)
         with running_stack(
             infra, "INFO", name=NAME, env=env, args=(f"--scale=consumer={consumers}",)
         ) as stack:
@@ -101,14 +109,21 @@ def measure(
     }
 
 
-def run(*, clients: int, seconds: float, warmup: int) -> tuple[BenchResult, list[dict[str, Any]]]:
+def run(
+    *, clients: int, seconds: float, warmup: int, linger: float | None = None
+) -> tuple[BenchResult, list[dict[str, Any]]]:
     rows: list[dict[str, Any]] = []
     peak: dict[str, float] = {}
     with private_postgres(True, NAME):
         for partitions in PARTITIONS:
             for consumers in CONSUMERS:
                 row = measure(
-                    partitions, consumers, clients=clients, seconds=seconds, warmup=warmup
+                    partitions,
+                    consumers,
+                    clients=clients,
+                    seconds=seconds,
+                    warmup=warmup,
+                    linger=linger,
                 )
                 rows.append(row)
                 for name, mb in row["peak_rss_mb"].items():
@@ -142,7 +157,12 @@ def run(*, clients: int, seconds: float, warmup: int) -> tuple[BenchResult, list
             "nothing_lost": all(r["lost"] == 0 for r in rows),
             "no_duplicates": all(not r["duplicates"] for r in rows),
         },
-        details={"clients": clients, "seconds": seconds, "topologies": rows},
+        details={
+            "clients": clients,
+            "seconds": seconds,
+            "batch_linger_seconds": linger,
+            "topologies": rows,
+        },
     )
     return result, rows
 
@@ -175,10 +195,15 @@ def main(argv: list[str] | None = None) -> BenchResult:
     parser.add_argument("--clients", type=int, default=64, help="closed-loop clients")
     parser.add_argument("--seconds", type=float, default=30.0, help="measured run per topology")
     parser.add_argument("--warmup", type=int, default=400, help="orders before measuring")
+    parser.add_argument(
+        "--linger", type=float, default=None, help="the consumers' batch linger (s), else theirs"
+    )
     args = parser.parse_args(argv)
     if not 5 <= args.seconds <= 300 or args.clients < 1:
         parser.error("--seconds between 5 and 300, --clients >= 1")
-    result, rows = run(clients=args.clients, seconds=args.seconds, warmup=args.warmup)
+    result, rows = run(
+        clients=args.clients, seconds=args.seconds, warmup=args.warmup, linger=args.linger
+    )
     Console().print(table(rows))
     report(result)
     return result

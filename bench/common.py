@@ -363,6 +363,37 @@ class BenchInfra:
         return psycopg.connect(self.database_url, **kwargs)
 
 
+class WalMeter:
+    """WAL bytes the PostgreSQL server wrote between `start` and `stop` (the whole server:
+    a bench's own database is all that runs on a bench's embedded server)."""
+
+    def __init__(self, database_url: str) -> None:
+        self._url = database_url
+        self._start: str | None = None
+        self.bytes = 0
+
+    def _lsn(self) -> str:
+        with psycopg.connect(self._url) as conn:
+            row = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
+        assert row is not None
+        return str(row[0])
+
+    def start(self) -> None:
+        self._start = self._lsn()
+
+    def stop(self) -> None:
+        end = self._lsn()
+        with psycopg.connect(self._url) as conn:
+            row = conn.execute(
+                "SELECT pg_wal_lsn_diff(%s, %s)::bigint", (end, self._start)
+            ).fetchone()
+        assert row is not None
+        self.bytes = int(row[0])
+
+    def per(self, orders: int) -> float | None:
+        return round(self.bytes / orders) if orders else None
+
+
 @contextlib.contextmanager
 def bench_infra(
     name: str, *, broker: str | None = None, partitions: int = 6

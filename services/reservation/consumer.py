@@ -278,6 +278,7 @@ class BatchWorker:
         gate: PartitionGate | None,
         metrics: ConsumerMetrics,
         batch_max: int,
+        linger_seconds: float = 0.0,
     ) -> None:
         self._runtime = runtime
         self._acks = acks
@@ -289,6 +290,7 @@ class BatchWorker:
         self._gate = gate
         self._metrics = metrics
         self._batch_max = batch_max
+        self._linger = linger_seconds
         self.queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=2 * batch_max)
 
     async def put(self, event: Any) -> None:
@@ -300,6 +302,11 @@ class BatchWorker:
         """Forever: take a batch, process it, ack it. Never ends on an error."""
         while True:
             batch = [await self.queue.get()]
+            if self._linger and self.queue.qsize() < self._batch_max - 1:
+                # Every batch costs one read, one write, one warehouse call and one commit
+                # whatever its size: a short wait for company keeps batches large when
+                # the events are split across many instances (producers' linger.ms).
+                await asyncio.sleep(self._linger)
             while len(batch) < self._batch_max and not self.queue.empty():
                 batch.append(self.queue.get_nowait())
             self._metrics.batch_size.observe(len(batch))
@@ -477,6 +484,7 @@ def register_agent(
                 gate=gate,
                 metrics=metrics,
                 batch_max=settings.batch_max_messages,
+                linger_seconds=settings.batch_linger_seconds,
             )
             tasks = [
                 asyncio.create_task(worker.run(), name="batch-worker"),

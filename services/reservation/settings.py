@@ -123,6 +123,13 @@ class ConsumerSettings(_Common):
     batch_max_messages: int = Field(
         default=500, ge=1, description="most messages handed to the engine at once"
     )
+    batch_linger_seconds: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="wait this long after a batch's first message for more (fewer, larger "
+        "batches at the cost of this much latency)",
+    )
     instance_id: str | None = None
     # faust keeps local state here; only in-memory tables are used, but it makes the dir.
     data_dir: Path = Path(tempfile.gettempdir()) / "steadfast-consumer"

@@ -55,7 +55,9 @@ def convert(record: Record) -> Message:
     )
 
 
-def worker_for(rig: Rig, acked: list[int], released: list[int]) -> tuple[BatchWorker, Any]:
+def worker_for(
+    rig: Rig, acked: list[int], released: list[int], linger: float = 0.0
+) -> tuple[BatchWorker, Any]:
     metrics = ConsumerMetrics(CollectorRegistry())
 
     async def ack(record: Record) -> None:
@@ -79,6 +81,7 @@ def worker_for(rig: Rig, acked: list[int], released: list[int]) -> tuple[BatchWo
         gate=None,
         metrics=metrics,
         batch_max=10,
+        linger_seconds=linger,
     )
     return worker, metrics
 
@@ -153,6 +156,26 @@ async def test_a_batch_that_keeps_failing_is_parked_for_the_redrive(rig: Rig) ->
     assert (row["state"], row["error_class"], row["message_id"]) == ("PENDING", "unexpected", "e-0")
     assert rig.app.calls == []
     assert await rig.redrive_all() == ["succeeded"]
+
+
+@pytest.mark.parametrize(("linger", "batches"), [(0.0, 2), (0.3, 1)])
+async def test_a_linger_gathers_events_that_arrive_just_after_the_first(
+    rig: Rig, linger: float, batches: int
+) -> None:
+    acked: list[int] = []
+    worker, metrics = worker_for(rig, acked, [], linger=linger)
+    task = asyncio.create_task(worker.run())
+    try:
+        await worker.put(Record(0, "a"))
+        await asyncio.sleep(0.1)  # inside the linger, after a batch without one began
+        for offset in (1, 2, 3):
+            await worker.put(Record(offset, f"k{offset}"))
+        await _until(lambda: len(acked) == 4)
+    finally:
+        task.cancel()
+    assert acked == [0, 1, 2, 3]
+    histogram = {s.name: s.value for s in metrics.batch_size.collect()[0].samples}
+    assert histogram["steadfast_consumer_batch_messages_count"] == batches
 
 
 async def _until(check: Any, seconds: float = 10.0) -> None:
