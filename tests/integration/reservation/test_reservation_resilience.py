@@ -99,6 +99,33 @@ async def _retry_states(engine: AsyncEngine) -> dict[str, int]:
         return {state: int(n) for state, n in rows.tuples()}
 
 
+async def _dead_placement(engine: AsyncEngine, order_id: str, within: float) -> int:
+    """The retry row id of `order_id`'s DEAD placement, once it is there."""
+    deadline = time.monotonic() + within
+    while True:
+        async with engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    text(
+                        "SELECT id FROM retry_messages WHERE state = 'DEAD' AND key = :key"
+                        " AND headers->>'event_type' = 'OrderPlaced'"
+                    ),
+                    {"key": order_id},
+                )
+            ).first()
+        if row is not None:
+            return int(row[0])
+        if time.monotonic() > deadline:
+            async with engine.connect() as conn:
+                rows = await conn.execute(
+                    text(
+                        "SELECT key, state, headers->>'event_type', error_class FROM retry_messages"
+                    )
+                )
+                raise AssertionError(f"no DEAD placement for {order_id}: rows {rows.all()}")
+        await asyncio.sleep(0.2)
+
+
 async def test_half_the_calls_failing_still_reserves_every_order_once(
     pipeline: Pipeline, api: httpx.AsyncClient, api_engine: AsyncEngine
 ) -> None:
@@ -333,6 +360,74 @@ async def test_a_later_event_for_a_parked_key_waits_its_turn(
     assert placed and cancelled and placed[0] < cancelled[0], reasons
     assert "RESERVED" not in [step["status"] for step in journey]
     assert pipeline.warehouse_stats()["reservations"] == 0
+
+
+async def test_reprocessing_the_dead_placement_of_a_cancelled_order_reserves_nothing(
+    pipeline: Pipeline, api: httpx.AsyncClient, api_engine: AsyncEngine
+) -> None:
+    """The cancel lands while the placement's only call is in flight; the call dies on a
+    terminal 400 (and so does the cancel's release). The DEAD rows left behind include
+    the placement itself: reprocessing it, by hand for one order and in bulk for another,
+    must reserve nothing, and both orders end CANCELLED."""
+    dying = {"failure_rate": 1.0, "status_codes": [400], "latency": {"kind": "fixed", "ms": 1500}}
+    no_breaker = {
+        "STEADFAST_BREAKER__FAILURE_RATE_THRESHOLD": "1",
+        "STEADFAST_BREAKER__MIN_CALLS": "100000",
+        "STEADFAST_WAREHOUSE__READ_TIMEOUT_SECONDS": "5",
+    }
+    pipeline.set_faults(dying)
+    ports = _start(pipeline, scheduler=False, **no_breaker)
+    pipeline.start("scheduler", "steadfast-scheduler", **{**FAST, **no_breaker})
+
+    def in_flight() -> float:
+        return _metric(ports["consumer"], "steadfast_consumer_in_flight_messages")
+
+    async def cancelled_in_flight() -> tuple[str, int]:
+        """An order cancelled mid-call; returns once its placement and cancel are handled."""
+        wait_until(lambda: in_flight() == 0, 30, "an idle consumer")
+        [order_id] = await _place(api, 1)
+        wait_until(lambda: in_flight() >= 1, 30, "the placement taken by the consumer")
+        await asyncio.sleep(0.5)  # prepared, its warehouse call under way
+        assert (await api.post(f"/orders/{order_id}/cancel")).status_code == 202
+        row = await _dead_placement(api_engine, order_id, 30)
+        wait_until(lambda: in_flight() == 0, 30, "the cancel handled too")
+        return order_id, row
+
+    async def all_succeeded() -> None:
+        deadline = time.monotonic() + 30
+        while set(await _retry_states(api_engine)) != {"SUCCEEDED"}:
+            assert time.monotonic() < deadline, f"retry rows {await _retry_states(api_engine)}"
+            await asyncio.sleep(0.2)
+
+    by_hand, row = await cancelled_in_flight()
+    pipeline.set_faults({"failure_rate": 0.0})
+    one = await api.post(f"/admin/retries/{row}/reprocess", headers=admin_headers())
+    assert one.status_code == 200, one.text
+    await _reprocess_dead(api)  # its cancel, whose release died on the same 400
+    await _wait_statuses(api_engine, {"CANCELLED": 1}, 60, pipeline)
+    await all_succeeded()
+
+    pipeline.set_faults(dying)
+    in_bulk, _ = await cancelled_in_flight()
+    pipeline.set_faults({"failure_rate": 0.0})
+    assert await _reprocess_dead(api) >= 1
+    await _wait_statuses(api_engine, {"CANCELLED": 2}, 60, pipeline)
+    await all_succeeded()
+    for order_id in (by_hand, in_bulk):
+        order = (await api.get(f"/orders/{order_id}")).json()
+        assert order["status"] == "CANCELLED", order["journey"]
+        assert "RESERVED" not in [step["status"] for step in order["journey"]]
+    assert pipeline.warehouse_stats()["reservations"] == 0
+
+
+async def _reprocess_dead(api: httpx.AsyncClient) -> int:
+    done = await api.post(
+        "/admin/retries/reprocess",
+        json={"state": ["DEAD"], "dry_run": False, "limit": 100},
+        headers=admin_headers(),
+    )
+    assert done.status_code == 200, done.text
+    return int(done.json()["requeued"])
 
 
 async def test_a_cancel_wins_over_a_bulk_reprocess_of_its_dead_placement(
