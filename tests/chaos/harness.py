@@ -131,6 +131,7 @@ class ChaosStack:
     """Stopped on purpose with SIGTERM (scaled in): they must exit 0, having logged no crash."""
     overrides: dict[str, str] = field(default_factory=dict)
     """Settings on top of KNOBS for every process a scenario starts."""
+    metrics_ports: dict[str, int] = field(default_factory=dict)
     restarts: int = 0
     events: list[tuple[float, str]] = field(default_factory=list)
     measured: dict[str, Any] = field(default_factory=dict)
@@ -217,6 +218,7 @@ class ChaosStack:
         if role == "consumer":
             # faust keeps a data dir per app; two consumers on one host must not share it.
             extra["STEADFAST_DATA_DIR"] = str(self.pipe.log_dir / f"faust-{name}")
+        self.metrics_ports[name] = int(extra["STEADFAST_METRICS_PORT"])
         proc = self.pipe.start(name, ROLES[role], **{**KNOBS, **self.overrides, **extra})
         if role == "api":
             wait_until(
@@ -240,6 +242,19 @@ class ChaosStack:
         proc.kill()
         self.killed.add(name)
         self.note(f"kill -9 {name} (pid {proc.process.pid})")
+
+    def counter(self, name: str, metric: str, **labels: str) -> float:
+        """A counter's value (summed over the samples matching `labels`) on `name`'s /metrics."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        body = httpx.get(f"http://127.0.0.1:{self.metrics_ports[name]}/metrics", timeout=5).text
+        return sum(
+            sample.value
+            for family in text_string_to_metric_families(body)
+            for sample in family.samples
+            if sample.name == f"{metric}_total"
+            and all(sample.labels.get(k) == v for k, v in labels.items())
+        )
 
     def retire(self, name: str) -> float:
         """Scale `name` in: SIGTERM, as an orchestrator removing a replica; its seconds to exit."""

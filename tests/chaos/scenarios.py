@@ -136,6 +136,19 @@ def pause_consumer(stack: ChaosStack, load: LoadRunner, scale: Scale) -> None:
     wait_for(lambda: len(stack.group_assignment()) == 2, 60, "the woken consumer to rejoin")
 
 
+def duplicate_verdicts(stack: ChaosStack, load: LoadRunner, scale: Scale) -> dict[str, Any]:
+    """How many events a consumer found already recorded by another member (redelivered
+    after a rebalance, or written first by the other one of two members holding it): the
+    overlap the audit's 0 duplicate reservations held through."""
+    found = {
+        name: stack.counter(name, "steadfast_consumed_messages", outcome="duplicate")
+        for name in stack.procs
+        if name.startswith("consumer") and stack.procs[name].alive()
+    }
+    stack.note(f"duplicate verdicts per consumer: {found}")
+    return {"duplicate_verdicts": found}
+
+
 def _owns_everything(stack: ChaosStack) -> bool:
     members = stack.group_assignment()
     return len(members) == 1 and len(next(iter(members.values()))) == stack.pipe_partitions
@@ -274,6 +287,7 @@ REBALANCE = [
         at=0.3,
         consumers=("consumer-a", "consumer-b"),
         expected_errors=rebalance_errors,
+        after_drain=duplicate_verdicts,
     ),
 ]
 PROCESS_KILLS = [
