@@ -104,7 +104,8 @@ class Pages:
 
 def _percentiles(values: list[float]) -> dict[str, float]:
     if len(values) < 2:
-        return {"p50": values[0], "p99": values[0], "max": values[0]} if values else {}
+        one = round(values[0], 1) if values else 0.0
+        return {"p50": one, "p99": one, "max": one} if values else {}
     cuts = statistics.quantiles(values, n=100, method="inclusive")
     return {"p50": round(cuts[49], 1), "p99": round(cuts[98], 1), "max": round(max(values), 1)}
 

@@ -382,6 +382,7 @@ class WalMeter:
         self._start = self._lsn()
 
     def stop(self) -> None:
+        assert self._start is not None, "WalMeter.stop() before start()"
         end = self._lsn()
         with psycopg.connect(self._url) as conn:
             row = conn.execute(

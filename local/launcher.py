@@ -426,8 +426,9 @@ class Launcher:
         checks: dict[str, str] = {}
         for inst in instances:
             if inst.role == "api":
-                # A replica's own metrics port proves that replica is up; the shared port
-                # answers from whichever replica the kernel picks.
+                # A replica's own metrics port proves that replica's process is serving (it
+                # opens before uvicorn's lifespan); /ready on the shared port proves the
+                # database answers, from whichever replica the kernel picks.
                 checks[inst.name] = (
                     inst.metrics_url if inst.metrics_port else f"{inst.base_url}/ready"
                 )

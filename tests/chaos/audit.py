@@ -31,7 +31,8 @@ class ScenarioResult:
     lost: int
     """Acknowledged orders missing from the database or not in a final state."""
     duplicates: int
-    """Reservations the warehouse made twice for one order, or beyond the RESERVED orders."""
+    """Orders the warehouse reserved more than once, plus reservations still held beyond
+    the RESERVED orders (a cancelled order's released reservation is not held)."""
     half_written: int
     """Orders without their OrderPlaced outbox row, or outbox rows without their order."""
     without_reason: int

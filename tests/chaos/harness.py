@@ -221,6 +221,9 @@ class ChaosStack:
         self.metrics_ports[name] = int(extra["STEADFAST_METRICS_PORT"])
         proc = self.pipe.start(name, ROLES[role], **{**KNOBS, **self.overrides, **extra})
         if role == "api":
+            # The replica's own port first: the shared one may be answered by another API.
+            own = f"http://127.0.0.1:{extra['STEADFAST_METRICS_PORT']}/metrics"
+            wait_until(lambda: httpx.get(own, timeout=1).status_code == 200, 90, f"{name}", proc)
             wait_until(
                 lambda: httpx.get(f"{self.api_url}/health", timeout=1).status_code == 200,
                 # Generous: on a busy 2-core machine a cold start takes many seconds.

@@ -136,7 +136,12 @@ class LoadRunner:
             async def one(index: int, placement: Placement) -> None:
                 async with gate:
                     await self._place(client, placement)
-                if self.cancel_every and index % self.cancel_every == 3 and placement.order_id:
+                # Offset 3: never an out-of-stock order (index % REJECT_EVERY == 19).
+                if (
+                    self.cancel_every
+                    and index % self.cancel_every == min(3, self.cancel_every - 1)
+                    and placement.order_id
+                ):
                     await asyncio.sleep((index // self.cancel_every % 4) * 0.5)
                     async with gate:
                         await self._cancel(client, placement)

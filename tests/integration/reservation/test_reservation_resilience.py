@@ -369,7 +369,9 @@ async def test_reprocessing_the_dead_placement_of_a_cancelled_order_reserves_not
     terminal 400 (and so does the cancel's release). The DEAD rows left behind include
     the placement itself: reprocessing it, by hand for one order and in bulk for another,
     must reserve nothing, and both orders end CANCELLED."""
-    dying = {"failure_rate": 1.0, "status_codes": [400], "latency": {"kind": "fixed", "ms": 1500}}
+    # A 3 s call: the cancel goes in 1 s after the consumer took the event, well after its
+    # prepare (milliseconds) and well before the call ends, even on a loaded machine.
+    dying = {"failure_rate": 1.0, "status_codes": [400], "latency": {"kind": "fixed", "ms": 3000}}
     no_breaker = {
         "STEADFAST_BREAKER__FAILURE_RATE_THRESHOLD": "1",
         "STEADFAST_BREAKER__MIN_CALLS": "100000",
@@ -387,7 +389,7 @@ async def test_reprocessing_the_dead_placement_of_a_cancelled_order_reserves_not
         wait_until(lambda: in_flight() == 0, 30, "an idle consumer")
         [order_id] = await _place(api, 1)
         wait_until(lambda: in_flight() >= 1, 30, "the placement taken by the consumer")
-        await asyncio.sleep(0.5)  # prepared, its warehouse call under way
+        await asyncio.sleep(1.0)  # prepared, its warehouse call under way
         assert (await api.post(f"/orders/{order_id}/cancel")).status_code == 202
         row = await _dead_placement(api_engine, order_id, 30)
         wait_until(lambda: in_flight() == 0, 30, "the cancel handled too")
