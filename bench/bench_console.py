@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import statistics
+import contextlib
 import threading
 import time
 from dataclasses import dataclass, field
@@ -27,7 +27,6 @@ from rich.table import Table
 
 from bench.bench_e2e import CpuMeter, load, load_target, private_postgres, running_stack
 from bench.common import (
-    BenchInfra,
     BenchResult,
     RssSampler,
     Target,
@@ -35,7 +34,7 @@ from bench.common import (
     bench_infra,
     report,
 )
-from local.load.report import Summary
+from local.load.report import Summary, percentiles
 
 NAME = "console"
 OFFERED_RATE = 600.0
@@ -103,11 +102,10 @@ class Pages:
 
 
 def _percentiles(values: list[float]) -> dict[str, float]:
-    if len(values) < 2:
-        one = round(values[0], 1) if values else 0.0
-        return {"p50": one, "p99": one, "max": one} if values else {}
-    cuts = statistics.quantiles(values, n=100, method="inclusive")
-    return {"p50": round(cuts[49], 1), "p99": round(cuts[98], 1), "max": round(max(values), 1)}
+    if not values:
+        return {}
+    cuts = {k: round(v, 1) for k, v in percentiles(values, (50, 99)).items()}
+    return {**cuts, "max": round(max(values), 1)}
 
 
 def _measured_run(
@@ -115,11 +113,8 @@ def _measured_run(
 ) -> tuple[Summary, dict[str, float]]:
     wal.start()
     cpu.start()
-    if pages is None:
+    with pages if pages is not None else contextlib.nullcontext():
         summary = load(target, None, rate=OFFERED_RATE, seconds=seconds)
-    else:
-        with pages:
-            summary = load(target, None, rate=OFFERED_RATE, seconds=seconds)
     cpu.stop()
     wal.stop()
     return summary, dict(cpu.seconds)
@@ -135,7 +130,7 @@ def run(*, pages: int, seconds: float, warmup: int) -> tuple[BenchResult, dict[s
         target = load_target(stack, infra.topic)
         with RssSampler(pids) as rss:
             load(target, None, concurrency=16, count=warmup)
-            cpu = CpuMeter(pids, _database(infra), infra.broker_pids)
+            cpu = CpuMeter.on(pids, infra)
             wal = WalMeter(infra.database_url)
             # The run with pages sits between two without, so drift (a growing database,
             # the broker's segments) shows as the gap between the two, not as page cost.
@@ -203,10 +198,6 @@ def run(*, pages: int, seconds: float, warmup: int) -> tuple[BenchResult, dict[s
         details=details,
     )
     return result, details
-
-
-def _database(infra: BenchInfra) -> str:
-    return infra.database_url.rsplit("/", 1)[-1]
 
 
 def figures_table(details: dict[str, Any]) -> Table:

@@ -208,6 +208,11 @@ class CpuMeter:
         self._start: dict[str, float] = {}
         self.seconds: dict[str, float] = {}
 
+    @classmethod
+    def on(cls, pids: dict[str, int], infra: BenchInfra) -> CpuMeter:
+        """For a stack on `infra`: its database's backends and the brokers it started."""
+        return cls(pids, infra.database_url.rsplit("/", 1)[-1], infra.broker_pids)
+
     def _sample(self) -> dict[str, float]:
         found: dict[str, float] = {}
         for name, pid in self._pids.items():
@@ -296,7 +301,7 @@ def run(
             # Pools, the consumer group's assignment and the relay's first claim are
             # start-up costs, not throughput.
             load(target, None, concurrency=16, count=warmup)
-            cpu = CpuMeter(pids, infra.database_url.rsplit("/", 1)[-1], infra.broker_pids)
+            cpu = CpuMeter.on(pids, infra)
             load_before = os.getloadavg()
             cpu.start()
             throughput = load(target, console, concurrency=clients, seconds=seconds)

@@ -17,9 +17,7 @@ import argparse
 import json
 from typing import Any
 
-import httpx
 import psycopg
-from prometheus_client.parser import text_string_to_metric_families
 
 from bench.common import (
     BenchResult,
@@ -32,7 +30,7 @@ from bench.common import (
 )
 from bench.orders import BenchOrder, make_orders
 from local.infra import BROKERS, free_port
-from tests.processes import start_warehouse
+from tests.processes import metric_sum, start_warehouse
 
 NAME = "recovery"
 TOLERANCE = 0.10
@@ -76,14 +74,7 @@ def park(conn: psycopg.Connection[Any], orders: list[BenchOrder], topic: str) ->
 
 def breaker_transitions(metrics_url: str) -> float:
     """Sum of steadfast_breaker_transitions_total on the scheduler's /metrics."""
-    text = httpx.get(metrics_url, timeout=5).text
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(text)
-        if family.name == "steadfast_breaker_transitions"
-        for sample in family.samples
-        if sample.name.endswith("_total")
-    )
+    return metric_sum(metrics_url, "steadfast_breaker_transitions_total")
 
 
 SCHEDULERS = 2

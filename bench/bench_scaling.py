@@ -19,13 +19,12 @@ import argparse
 import uuid
 from typing import Any
 
-import httpx
-from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.table import Table
 
 from bench.bench_e2e import OURS, CpuMeter, load, load_target, private_postgres, running_stack
 from bench.common import BenchResult, RssSampler, Target, bench_infra, report
+from tests.processes import metric_sum
 
 NAME = "scaling"
 PARTITIONS = (6, 12)
@@ -37,19 +36,11 @@ EVENTS = "steadfast_consumer_batch_messages"
 
 
 def _events_by_instance(metrics: dict[str, str]) -> dict[str, float]:
-    found: dict[str, float] = {}
-    for name, url in metrics.items():
-        if not name.startswith("consumer"):
-            continue
-        text = httpx.get(url, timeout=5, trust_env=False).text
-        found[name] = sum(
-            sample.value
-            for family in text_string_to_metric_families(text)
-            if family.name == EVENTS
-            for sample in family.samples
-            if sample.name == f"{EVENTS}_sum"
-        )
-    return found
+    return {
+        name: metric_sum(url, f"{EVENTS}_sum")
+        for name, url in metrics.items()
+        if name.startswith("consumer")
+    }
 
 
 def _by_role(cpu_seconds: dict[str, float], orders: int) -> dict[str, float]:
@@ -82,7 +73,7 @@ def measure(
             with RssSampler(pids) as rss:
                 load(target, None, concurrency=16, count=warmup)
                 before = _events_by_instance(stack.endpoints["metrics"])
-                cpu = CpuMeter(pids, infra.database_url.rsplit("/", 1)[-1], infra.broker_pids)
+                cpu = CpuMeter.on(pids, infra)
                 cpu.start()
                 run = load(target, None, concurrency=clients, seconds=seconds)
                 cpu.stop()

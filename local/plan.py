@@ -104,8 +104,13 @@ class Instance:
         return f"http://{LOOPBACK}:{self.port}"
 
     @property
+    def metrics_address(self) -> str:
+        """host:port Prometheus scrapes: the replica's own metrics port, else its port."""
+        return f"{LOOPBACK}:{self.metrics_port or self.port}"
+
+    @property
     def metrics_url(self) -> str:
-        return f"http://{LOOPBACK}:{self.metrics_port or self.port}/metrics"
+        return f"http://{self.metrics_address}/metrics"
 
 
 def plan(options: LaunchOptions) -> list[Instance]:
@@ -198,10 +203,7 @@ def render_prometheus(
     def static_configs(role: str) -> str:
         return json.dumps(
             [
-                {
-                    "targets": [f"{LOOPBACK}:{i.metrics_port or i.port}"],
-                    "labels": {"instance_id": i.name},
-                }
+                {"targets": [i.metrics_address], "labels": {"instance_id": i.name}}
                 for i in instances
                 if i.role == role
             ]

@@ -120,6 +120,20 @@ def start_warehouse(log_dir: Path, **faults_env: str) -> Proc:
     return proc
 
 
+def metric_sum(metrics_url: str, sample: str, **labels: str) -> float:
+    """The sum of the samples named `sample` (`x_total`, `x_sum`) whose labels include
+    `labels`, on a Prometheus /metrics page; 0 when none is exported yet."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    body = httpx.get(metrics_url, timeout=5, trust_env=False).text
+    return sum(
+        s.value
+        for family in text_string_to_metric_families(body)
+        for s in family.samples
+        if s.name == sample and all(s.labels.get(k) == v for k, v in labels.items())
+    )
+
+
 def admin_headers() -> dict[str, str]:
     return {"Authorization": f"Bearer {TOKEN}"}
 

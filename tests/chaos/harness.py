@@ -28,7 +28,7 @@ from confluent_kafka import KafkaException
 from local import infra
 from services.reservation.domain import FINAL_STATUSES
 from tests.integration.reservation.conftest import Pipeline
-from tests.processes import Proc, base_env, start_warehouse, wait_until
+from tests.processes import Proc, base_env, metric_sum, start_warehouse, wait_until
 
 SCALE_ENV = "STEADFAST_CHAOS_SCALE"
 FINAL = tuple(sorted(s.value for s in FINAL_STATUSES))
@@ -248,16 +248,8 @@ class ChaosStack:
 
     def counter(self, name: str, metric: str, **labels: str) -> float:
         """A counter's value (summed over the samples matching `labels`) on `name`'s /metrics."""
-        from prometheus_client.parser import text_string_to_metric_families
-
-        body = httpx.get(f"http://127.0.0.1:{self.metrics_ports[name]}/metrics", timeout=5).text
-        return sum(
-            sample.value
-            for family in text_string_to_metric_families(body)
-            for sample in family.samples
-            if sample.name == f"{metric}_total"
-            and all(sample.labels.get(k) == v for k, v in labels.items())
-        )
+        url = f"http://127.0.0.1:{self.metrics_ports[name]}/metrics"
+        return metric_sum(url, f"{metric}_total", **labels)
 
     def retire(self, name: str) -> float:
         """Scale `name` in: SIGTERM, as an orchestrator removing a replica; its seconds to exit."""

@@ -21,12 +21,12 @@ from __future__ import annotations
 import time
 import uuid
 from collections import defaultdict
-from datetime import datetime
 from typing import Any
 
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
+from local.logview import timestamp
 from tests.chaos.audit import RESULTS_PATH, ScenarioResult, audit, write_json
 from tests.chaos.harness import WAREHOUSE_FAULTS, ChaosStack, Scale
 from tests.chaos.load import LoadRunner
@@ -204,7 +204,9 @@ def _events_in_key_order(stack: ChaosStack, load: LoadRunner) -> list[str]:
 
 
 def _at(record: dict[str, Any]) -> float:
-    return datetime.fromisoformat(str(record["@timestamp"]).replace("Z", "+00:00")).timestamp()
+    when = timestamp(record)
+    assert when is not None, f"a log line without a readable @timestamp: {record}"
+    return when.timestamp()
 
 
 def _breaker_once_for_everybody(

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
+
+from tests.processes import metric_sum
 
 if TYPE_CHECKING:  # conftest is pytest's to import; only its type is borrowed here
     from tests.e2e.conftest import Stack
@@ -286,16 +287,11 @@ def test_api_replicas_share_one_port_and_each_serves_its_own_metrics(
             timeout=10,
         )
         assert response.status_code == 202, response.text
-    placed = {name: _counter(url, "steadfast_orders_placed") for name, url in metrics.items()}
+    placed = {
+        name: metric_sum(url, "steadfast_orders_placed_total") for name, url in metrics.items()
+    }
     assert sum(placed.values()) == orders, placed
     assert all(count > 0 for count in placed.values()), f"one replica served nothing: {placed}"
-
-
-def _counter(metrics_url: str, name: str) -> float:
-    families = text_string_to_metric_families(httpx.get(metrics_url, timeout=5).text)
-    return sum(
-        s.value for f in families if f.name == name for s in f.samples if s.name == f"{name}_total"
-    )
 
 
 def test_sighup_from_a_closed_terminal_stops_cleanly(stack_factory: StackFactory) -> None:
